@@ -1,0 +1,29 @@
+# Two commands set everything up from nothing: `make run` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SCENARIO ?= scenarios/default.yaml
+
+.PHONY: run test smoke lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fleetsim run $(SCENARIO)
+
+smoke: $(STAMP)
+	$(BIN)/fleetsim run scenarios/smoke.yaml --no-live
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check fleetsim policies tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
