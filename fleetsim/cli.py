@@ -1,0 +1,152 @@
+"""The `fleetsim` command line.
+
+Exit codes: 0 success; 2 bad input (one line naming the file and key path, no
+traceback); 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleetsim import PROJECT_ROOT
+from fleetsim.errors import ConfigError, FleetsimError
+
+DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "default.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.command(args) or 0)
+    except ConfigError as err:
+        print(f"fleetsim: {err}", file=sys.stderr)
+        return 2
+    except FleetsimError as err:
+        print(f"fleetsim: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fleetsim: interrupted; the rounds finished so far are on disk", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetsim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a scenario")
+    run.add_argument("scenario", nargs="?", default=str(DEFAULT_SCENARIO))
+    run.add_argument("--out", help="output directory (must not hold a run already)")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--rounds", type=int)
+    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a scenario key (repeatable)")
+    run.add_argument("--no-live", action="store_true", help="plain lines instead of the live view")
+    run.set_defaults(command=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a scenario file")
+    validate.add_argument("scenario")
+    validate.set_defaults(command=cmd_validate)
+
+    pretrain = sub.add_parser("pretrain", help="pretrain zoo models on the server corpus")
+    pretrain.add_argument("models", nargs="*", help="zoo names (default: all)")
+    pretrain.set_defaults(command=cmd_pretrain)
+
+    zoo = sub.add_parser("zoo", help="list the model zoo")
+    zoo.set_defaults(command=cmd_zoo)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(args.scenario, item, "--set needs KEY.PATH=VALUE")
+        overrides[key] = value
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    if args.rounds is not None:
+        overrides["rounds"] = str(args.rounds)
+    return overrides
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fleetsim.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    print(f"{args.scenario}: ok ({scenario.num_devices} devices, {scenario.rounds} rounds, "
+          f"policy {scenario.policy.name}, model {scenario.model.name})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetsim.engine import run_scenario
+    from fleetsim.monitor import make_observer
+    from fleetsim.scenario import load_scenario
+    from fleetsim.session import RunSetup
+
+    scenario = load_scenario(args.scenario, _overrides(args))
+    out_dir = _output_dir(args.out, scenario.output.dir, scenario.name)
+    live = not args.no_live and sys.stdout.isatty()
+    with make_observer(live, out_dir) as observer:
+        asyncio.run(run_scenario(RunSetup(scenario, Path(args.scenario)), out_dir, observer))
+    return 0
+
+
+def _output_dir(flag: str | None, pattern: str, name: str) -> Path:
+    if flag is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return Path(pattern.format(name=name)) / stamp
+    out = Path(flag)
+    if (out / "rounds.jsonl").exists():
+        raise ConfigError(out, "--out", "already holds a run; choose another directory "
+                          "(nothing was overwritten)")
+    return out
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from fleetsim.model import ZOO
+    from fleetsim.pretrain import is_cached, pretrain
+
+    names = args.models or list(ZOO)
+    for name in names:
+        if name not in ZOO:
+            raise ConfigError("fleetsim pretrain", name,
+                              f"unknown zoo model; known: {', '.join(ZOO)}")
+    with Progress() as progress:
+        for name in names:
+            if is_cached(name):
+                progress.console.print(f"{name}: cached")
+                continue
+            task = progress.add_task(f"pretraining {name}", total=ZOO[name].pretrain_steps)
+            pretrain(ZOO[name], lambda step, _total, loss, t=task, n=name: progress.update(
+                t, completed=step, description=f"pretraining {n} loss {loss:.3f}"))
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fleetsim.cost import group_param_counts
+    from fleetsim.model import ZOO
+    from fleetsim.pretrain import is_cached
+
+    table = Table("name", "blocks", "width", "heads", "parameters", "cached")
+    for name, entry in ZOO.items():
+        cfg = entry.config
+        params = sum(group_param_counts(cfg).values())
+        table.add_row(name, str(cfg.n_layer), str(cfg.n_embd), str(cfg.n_head), f"{params:,}",
+                      "yes" if is_cached(name) else "no")
+    Console(width=int(os.environ.get("COLUMNS", 100))).print(table)
+    return 0

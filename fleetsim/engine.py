@@ -1,0 +1,180 @@
+"""The engine: the one module that wires the others, round after round.
+
+Per round: select devices -> policy plans -> cost model -> SimPy clock decides who
+finishes -> hosts train the finishers for real -> policy aggregates (updates sorted by
+device id) -> evaluate -> records. Simulate, then execute: only devices the clock lets
+finish are trained. Ray's completion order never reaches a simulated result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fleetsim.clock import ClockJob, RoundTiming
+from fleetsim.cost import estimate_cost
+from fleetsim.session import Run, RunSetup, prepare_run
+from fleetsim.types import DeviceRecord, ModelState, RoundContext, RoundRecord
+from fleetsim.workers import Job, JobResult
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    """Receives progress; the engine never prints."""
+
+    def on_pretrain(self, step: int, total: int, loss: float) -> None: ...
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_round(self, record: RoundRecord, devices: Sequence[DeviceRecord]) -> None: ...
+    def on_finish(self, summary: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float
+
+
+async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer) -> dict[str, Any]:
+    """Run every round of a prepared scenario; returns the summary (also written)."""
+    run = await prepare_run(run_setup, out_dir, observer)
+    try:
+        state = run.initial_state
+        initial = await evaluate(run, state)
+        observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy})
+        records: list[RoundRecord] = []
+        for r in range(run.scenario.rounds):
+            record, state = await play_round(run, r, state, records[-1] if records else None)
+            records.append(record)
+        summary = summarize(run, initial, records)
+        run.writer.write_summary(summary)
+        observer.on_finish(summary)
+        return summary
+    finally:
+        run.close()
+
+
+async def play_round(run: Run, r: int, state: ModelState,
+                     previous: RoundRecord | None) -> tuple[RoundRecord, ModelState]:
+    """One round, start to end; returns its record and the new global state."""
+    wall_start = time.perf_counter()
+    select_rng, policy_rng, clock_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([run.scenario.seed, r]).spawn(3))
+    now = run.clock.now_s
+    ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, now), run.model,
+                       run.training_for(r), previous, policy_rng)
+    plans = dict(sorted(run.policy.plan_round(ctx).items()))
+    costs = {d: estimate_cost(run.model.config, plan, ctx.training.seq_len)
+             for d, plan in plans.items()}
+    devices = {d.device_id: d for d in ctx.devices}
+    jobs = [ClockJob(d, c.download_bytes, c.upload_bytes, c.flops_per_step * plans[d].local_steps,
+                     devices[d].flops_per_s, devices[d].downlink_bps, devices[d].uplink_bps,
+                     devices[d].latency_s, devices[d].compute_jitter) for d, c in costs.items()]
+    sel = run.scenario.selection
+    timing = run.clock.run_round(jobs, keep=sel.devices_per_round, deadline_s=sel.deadline_s,
+                                 rng=clock_rng)
+    train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),
+                      devices[d].memory_bytes) for d in sorted(timing.finishers)]
+    results = await run.pool.train_all(train_jobs, run.pool.share(dict(state)))
+    updates = [res.update for res in results if res.update is not None]
+    aggregated = len(updates) >= sel.min_updates
+    if aggregated:
+        state = run.policy.aggregate(ctx, state, updates)
+    last = r == run.scenario.rounds - 1
+    due = last or (r + 1) % run.scenario.eval.every == 0
+    evaluation = await evaluate(run, state) if due else None
+    device_records = _device_records(ctx, plans, costs, timing, results)
+    record = _round_record(r, timing, time.perf_counter() - wall_start, evaluation,
+                           device_records, results, aggregated)
+    run.writer.write_round(record, device_records)
+    run.observer.on_round(record, device_records)
+    return record, state
+
+
+async def evaluate(run: Run, state: ModelState) -> Evaluation:
+    metrics = await run.pool.evaluate(run.pool.share(dict(state)), run.eval_windows)
+    return Evaluation(metrics["accuracy"], metrics["loss"])
+
+
+def _job_seed(seed: int, r: int, device_id: int) -> int:
+    return int(np.random.SeedSequence([seed, r, device_id]).generate_state(1)[0])
+
+
+def _device_records(ctx: RoundContext, plans: dict, costs: dict, timing: RoundTiming,
+                    results: Sequence[JobResult]) -> list[DeviceRecord]:
+    by_id = {res.device_id: res for res in results}
+    times = {t.device_id: t for t in timing.devices}
+    records = []
+    for device in ctx.devices:
+        d = device.device_id
+        plan, cost, t, res = plans.get(d), costs.get(d), times.get(d), by_id.get(d)
+        status = "skipped" if plan is None else res.status if res else "straggler"
+        planned_flops = cost.flops_per_step * plan.local_steps if cost and plan else 0.0
+        records.append(DeviceRecord(
+            device_id=d, device_class=device.device_class, round=ctx.round,
+            plan=describe_plan(plan), status=status,
+            peak_mem_bytes=res.peak_mem_bytes if res else 0,
+            mem_cap_bytes=device.memory_bytes,
+            flops=res.flops if res else planned_flops,
+            compute_s=t.compute_s if t else 0.0, download_s=t.download_s if t else 0.0,
+            upload_s=t.upload_s if t else 0.0,
+            bytes_up=cost.upload_bytes if res and res.status == "ok" and cost else 0,
+            bytes_down=cost.download_bytes if cost else 0,
+            host=res.host if res else "", loss=res.loss if res else None))
+    return records
+
+
+def describe_plan(plan: Any) -> str:
+    """A short, stable text for a plan: trained groups, frozen groups."""
+    if plan is None:
+        return "-"
+    return f"train={','.join(plan.train)};frozen={','.join(plan.frozen)}"
+
+
+def _round_record(r: int, timing: RoundTiming, wall_s: float, evaluation: Evaluation | None,
+                  devices: Sequence[DeviceRecord], results: Sequence[JobResult],
+                  aggregated: bool) -> RoundRecord:
+    status = Counter(d.status for d in devices)
+    ok = [res for res in results if res.status == "ok" and res.loss is not None]
+    weight = sum(res.update.weight for res in ok if res.update)
+    train_loss = (sum(res.loss * res.update.weight for res in ok if res.update and res.loss)
+                  / weight if weight else None)
+    return RoundRecord(
+        round=r, sim_time_s=timing.end_s, round_time_s=timing.end_s - timing.start_s,
+        wall_time_s=wall_s, accuracy=evaluation.accuracy if evaluation else None,
+        loss=evaluation.loss if evaluation else None, train_loss=train_loss,
+        selected=len(devices), completed=status["ok"], stragglers=status["straggler"],
+        offline=status["offline"], oom=status["oom"], failed=status["failed"],
+        skipped=status["skipped"], bytes_up=sum(d.bytes_up for d in devices),
+        bytes_down=sum(d.bytes_down for d in devices), aggregated=aggregated)
+
+
+def summarize(run: Run, initial: Evaluation, records: Sequence[RoundRecord]) -> dict[str, Any]:
+    evaluated = [r for r in records if r.accuracy is not None]
+    final = evaluated[-1] if evaluated else None
+    return {
+        **run.describe(),
+        "rounds_completed": len(records),
+        "initial_accuracy": initial.accuracy,
+        "initial_loss": initial.loss,
+        "final_accuracy": final.accuracy if final else None,
+        "final_loss": final.loss if final else None,
+        "best_accuracy": max((r.accuracy or 0.0 for r in evaluated), default=None),
+        "sim_time_s": records[-1].sim_time_s if records else 0.0,
+        "wall_time_s": time.perf_counter() - run.wall_start,
+        "bytes_up": sum(r.bytes_up for r in records),
+        "bytes_down": sum(r.bytes_down for r in records),
+        "device_rounds": {k: sum(getattr(r, k) for r in records) for k in
+                    ("selected", "completed", "stragglers", "offline", "oom", "failed",
+                     "skipped")},
+        "rounds_aggregated": sum(r.aggregated for r in records),
+    }
+
+

@@ -1,0 +1,170 @@
+"""The model zoo: tiny decoder-only character Transformers with transformers conventions.
+
+A `TinyGPTConfig` plus a `PreTrainedModel`, so `save_pretrained`/`from_pretrained` and
+`peft` work. Blocks are pre-LayerNorm; attention keeps separate q/k/v/o projections and
+the FFN two linears, so heads and hidden units can be sliced by sub-model policies.
+The output head is untied from the embeddings (CAFF trains the head without them).
+
+Layer groups, in forward order: "embed" (token + position embeddings), "block.0" ..
+"block.{L-1}", "head" (final LayerNorm + output projection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import logging as hf_logging
+
+from fleetsim.data import VOCAB_SIZE
+
+hf_logging.disable_progress_bar()  # save/load bars would break the live view
+hf_logging.set_verbosity_error()
+
+
+class TinyGPTConfig(PretrainedConfig):
+    model_type = "fleetsim-tinygpt"
+
+    def __init__(
+        self,
+        vocab_size: int = VOCAB_SIZE,
+        max_seq_len: int = 128,  # longest input the position table covers
+        n_layer: int = 4,
+        n_embd: int = 128,  # residual width
+        n_head: int = 4,  # head_dim = n_embd // n_head
+        ffn_mult: int = 4,  # FFN hidden units = ffn_mult * n_embd
+        **kwargs: object,
+    ) -> None:
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+        self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
+        self.n_layer, self.n_embd, self.n_head, self.ffn_mult = n_layer, n_embd, n_head, ffn_mult
+        super().__init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return self.ffn_mult * self.n_embd
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        d, inner = cfg.n_embd, cfg.n_head * cfg.head_dim
+        self.head_dim = cfg.head_dim
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, inner) for _ in range(3))
+        self.o_proj = nn.Linear(inner, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape  # (batch, time, n_embd)
+
+        def heads(proj: nn.Module) -> torch.Tensor:  # (b, heads, t, head_dim)
+            return proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+
+        y = F.scaled_dot_product_attention(
+            heads(self.q_proj), heads(self.k_proj), heads(self.v_proj), is_causal=True
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn_hidden)
+        self.fc_out = nn.Linear(cfg.ffn_hidden, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(F.gelu(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(PreTrainedModel):
+    config_class = TinyGPTConfig
+    base_model_prefix = "tinygpt"
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.max_seq_len, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_: object
+    ) -> CausalLMOutput:
+        """input_ids, labels: (batch, time) int64; labels are the next characters."""
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.wte(input_ids) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))  # (batch, time, vocab)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return CausalLMOutput(loss=loss, logits=logits)
+
+
+def layer_groups(n_layer: int) -> list[str]:
+    """The model's layer groups in forward order."""
+    return ["embed", *(f"block.{i}" for i in range(n_layer)), "head"]
+
+
+def group_of(param_name: str) -> str:
+    """Which layer group a parameter (state-dict key) belongs to."""
+    if param_name.startswith(("wte.", "wpe.")):
+        return "embed"
+    if param_name.startswith("blocks."):
+        return "block." + param_name.split(".")[1]
+    return "head"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A zoo model and how it is pretrained on the server corpus."""
+
+    name: str
+    config: TinyGPTConfig
+    pretrain_steps: int
+    pretrain_lr: float = 3e-3
+    pretrain_batch: int = 32
+
+
+def _entry(n_layer: int, n_embd: int, n_head: int, steps: int) -> ZooEntry:
+    cfg = TinyGPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+    return ZooEntry(f"gpt-{n_layer}x{n_embd}", cfg, steps)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        _entry(2, 64, 4, steps=300),
+        _entry(4, 128, 4, steps=300),
+        _entry(6, 192, 6, steps=300),
+        _entry(8, 256, 8, steps=300),
+    )
+}

@@ -1,0 +1,309 @@
+"""Scenario files: one strict, validated config tree.
+
+A scenario names everything a run needs. Unknown keys and wrong types are errors that
+name the file and the key path (with a suggestion for a misspelt key); `load_scenario`
+raises `ConfigError`, which the CLI turns into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleetsim import PROJECT_ROOT
+from fleetsim.errors import ConfigError
+
+DEVICES_DIR = PROJECT_ROOT / "devices"
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceProfile(Strict):
+    """A device class: what one device of it can do (see devices/*.yaml)."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = ""
+    memory_mb: float = Field(gt=0, description="training memory budget, MiB")
+    flops_per_s: float = Field(gt=0, description="sustained training FLOP/s")
+    uplink_bps: float = Field(gt=0)
+    downlink_bps: float = Field(gt=0)
+    latency_s: float = Field(ge=0)
+    compute_jitter: float = Field(default=0.1, ge=0, le=2)
+
+
+class ClientFilter(Strict):
+    min_train_samples: int = Field(default=8, ge=1)
+    max_train_samples: int | None = Field(default=None, ge=1)
+
+
+class DataConfig(Strict):
+    dataset: Literal["shakespeare"] = "shakespeare"
+    partition: Literal["natural", "iid", "dirichlet"] = "natural"
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration")
+    seq_len: int = Field(default=80, ge=8, le=512)
+    train_fraction: float = Field(default=0.8, gt=0, lt=1)
+    clients: ClientFilter = ClientFilter()
+
+
+class ModelConfig(Strict):
+    name: str = "gpt-4x128"
+
+
+class FleetEntry(Strict):
+    device_class: str = Field(alias="class")
+    count: int = Field(ge=1)
+    overrides: dict[str, Any] = {}
+
+
+class SelectionConfig(Strict):
+    devices_per_round: int = Field(default=10, ge=1)
+    over_selection: float = Field(default=0.0, ge=0, le=5)
+    deadline_s: float = Field(default=3600.0, gt=0)
+    min_updates: int = Field(default=1, ge=1)
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class TrainingConfig(Strict):
+    local_steps: int | None = Field(default=None, ge=1, description="default 10")
+    local_epochs: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr: float = Field(default=0.05, gt=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    lr_min_ratio: float = Field(default=0.1, ge=0, le=1, description="cosine floor, x lr")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_steps(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("local_steps") is None \
+                and raw.get("local_epochs") is None:
+            return {**raw, "local_steps": 10}
+        return raw
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainingConfig:
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError("set exactly one of local_steps and local_epochs")
+        return self
+
+
+class PolicyConfig(Strict):
+    name: str = "fedavg"
+    params: dict[str, Any] = {}
+
+
+class WorkersConfig(Strict):
+    count: int | Literal["auto"] = "auto"
+    backend: Literal["ray", "local"] = "ray"
+    address: str | None = None
+    threads_per_host: int = Field(default=1, ge=1)
+
+
+class EvalConfig(Strict):
+    every: int = Field(default=5, ge=1, description="evaluate every k rounds (and the last)")
+    max_samples: int = Field(default=2000, ge=1, description="test windows evaluated")
+
+
+class OutputConfig(Strict):
+    dir: str = "runs/{name}"
+
+
+class Scenario(Strict):
+    name: str = "scenario"
+    seed: int = 0
+    rounds: int = Field(ge=1)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    fleet: list[FleetEntry] = Field(min_length=1)
+    selection: SelectionConfig = SelectionConfig()
+    training: TrainingConfig = TrainingConfig()
+    policy: PolicyConfig = PolicyConfig()
+    workers: WorkersConfig = WorkersConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+    # Filled in by `resolve`: the device classes inline, so a written scenario stands alone.
+    device_classes: dict[str, DeviceProfile] = {}
+
+    @property
+    def num_devices(self) -> int:
+        return sum(entry.count for entry in self.fleet)
+
+
+def load_scenario(path: str | Path, overrides: Mapping[str, str] = {}) -> Scenario:
+    """Read, override (`a.b=value`), validate and resolve a scenario file."""
+    path = Path(path)
+    raw = read_yaml(path)
+    for key_path, value in overrides.items():
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(path, key_path, f"--set value {value!r} is not valid YAML") from None
+        set_key_path(raw, key_path, parsed, path)
+    return resolve(parse_model(Scenario, raw, path), path)
+
+
+def resolve(scenario: Scenario, path: Path) -> Scenario:
+    """Load every device class the fleet names (unless inline) and check the overrides."""
+    classes = dict(scenario.device_classes)
+    for i, entry in enumerate(scenario.fleet):
+        if entry.device_class not in classes:
+            classes[entry.device_class] = load_device_class(entry.device_class, path, i)
+        merged = {**classes[entry.device_class].model_dump(), **entry.overrides}
+        parse_model(DeviceProfile, merged, path, prefix=f"fleet[{i}].overrides")
+    if scenario.selection.min_updates > scenario.selection.devices_per_round:
+        raise ConfigError(path, "selection.min_updates", "must not exceed devices_per_round")
+    if scenario.selection.devices_per_round > scenario.num_devices:
+        raise ConfigError(path, "selection.devices_per_round",
+                          f"exceeds the fleet size ({scenario.num_devices})")
+    return scenario.model_copy(update={"device_classes": classes})
+
+
+def device_profiles(scenario: Scenario) -> list[DeviceProfile]:
+    """One profile per device, in device-id order (fleet entries in file order)."""
+    profiles = []
+    for entry in scenario.fleet:
+        base = scenario.device_classes[entry.device_class].model_dump()
+        profile = DeviceProfile.model_validate({**base, **entry.overrides})
+        profiles += [profile] * entry.count
+    return profiles
+
+
+def load_device_class(name: str, scenario_path: Path, index: int) -> DeviceProfile:
+    path = DEVICES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in DEVICES_DIR.glob("*.yaml"))
+        hint = _suggest(name, known)
+        raise ConfigError(scenario_path, f"fleet[{index}].class",
+                          f"unknown device class {name!r}{hint}; known: {', '.join(known)}")
+    profile = parse_model(DeviceProfile, read_yaml(path), path)
+    if profile.name != name:
+        raise ConfigError(path, "name", f"{profile.name!r} does not match the file name {name!r}")
+    return profile
+
+
+def scenario_to_yaml(scenario: Scenario) -> str:
+    return yaml.safe_dump(scenario.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# --- reading and error reporting ---------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(path, "", f"cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {err.start})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(path, "", f"invalid YAML at {_yaml_problem(err, text)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", "the top level must be a mapping of keys")
+    return raw
+
+
+def parse_model(model: type[M], raw: Any, path: Path, prefix: str = "") -> M:
+    """Validate `raw` against `model`; the first error becomes a ConfigError."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        # A misspelt key also makes its correct name "missing": report the misspelling.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        loc = tuple(first["loc"])
+        key = _format_loc(loc)
+        if prefix:
+            key = f"{prefix}.{key}" if key else prefix
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key" + _suggest(str(loc[-1]), _fields_at(model, loc[:-1]))
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        raise ConfigError(path, key, message) from None
+
+
+def set_key_path(raw: dict[str, Any], key_path: str, value: Any, path: Path) -> None:
+    """Apply one `--set a.b.c=value` override to the raw tree."""
+    node: Any = raw
+    parts = key_path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(path, key_path, "--set goes through a key that is not a mapping")
+    node[parts[-1]] = value
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """One line: what is wrong and on which line."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        line = mark.line + 1
+    else:  # a ReaderError knows only a character position
+        line = text[: getattr(err, "position", 0)].count("\n") + 1
+    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+    return f"line {line}: {' '.join(str(problem).split())}"
+
+
+# Pydantic puts union members and validator kinds in error locations; they are not keys.
+_NOT_KEYS = {"int", "float", "str", "bool", "none", "dict", "list"}
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _NOT_KEYS or str(part).startswith("function-") or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The key names allowed at `loc` inside `model` (aliases included)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if _is_model(current) else None
+        if field is None:
+            return []
+        current = _inner_model(field.annotation)
+    if not _is_model(current):
+        return []
+    return [f.alias or name for name, f in current.model_fields.items()]
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _inner_model(annotation: Any) -> Any:
+    if _is_model(annotation):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,157 @@
+"""A run's long-lived pieces, built once from a scenario: data, fleet, policy, model,
+host pool, clock and output writer. The engine drives them round by round."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleetsim.clock import Clock
+from fleetsim.cost import group_param_counts
+from fleetsim.data import FederatedData, build_federated
+from fleetsim.errors import ConfigError
+from fleetsim.fleet import Fleet
+from fleetsim.metrics import RunWriter
+from fleetsim.model import ZOO, layer_groups
+from fleetsim.policy import Policy
+from fleetsim.pretrain import load_pretrained
+from fleetsim.scenario import Scenario, device_profiles, scenario_to_yaml
+from fleetsim.types import (
+    DeviceState,
+    ModelInfo,
+    ModelState,
+    OptimizerSpec,
+    SetupContext,
+    TrainingDefaults,
+)
+from fleetsim.workers import HostPool
+from policies import create_policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What `fleetsim run` hands the engine: the scenario and where it came from."""
+
+    scenario: Scenario
+    source: Path  # the scenario file, for error messages
+
+
+@dataclass
+class Run:
+    scenario: Scenario
+    fleet: Fleet
+    policy: Policy
+    model: ModelInfo
+    initial_state: ModelState
+    pool: HostPool
+    eval_windows: Any  # shared handle of the evaluation windows
+    clock: Clock
+    writer: RunWriter
+    observer: Any
+    wall_start: float
+
+    def select(self, rng: np.random.Generator, now_s: float) -> tuple[DeviceState, ...]:
+        """Sample k * (1 + over_selection) online devices, in device-id order."""
+        sel = self.scenario.selection
+        online = self.fleet.online(now_s)
+        count = min(len(online), math.ceil(sel.devices_per_round * (1 + sel.over_selection)))
+        picked = sorted(int(i) for i in rng.choice(online, size=count, replace=False))
+        return tuple(self.fleet.state(i, now_s) for i in picked)
+
+    def training_for(self, r: int) -> TrainingDefaults:
+        return training_defaults(self.scenario, r)
+
+    def describe(self) -> dict[str, Any]:
+        return {"scenario": self.scenario.name, "policy": self.scenario.policy.name,
+                "model": self.model.name, "rounds": self.scenario.rounds,
+                "devices": len(self.fleet), "hosts": len(self.pool.hosts),
+                "seed": self.scenario.seed}
+
+    def close(self) -> None:
+        self.pool.close()
+        self.writer.close()
+
+
+def training_defaults(scenario: Scenario, r: int) -> TrainingDefaults:
+    """The scenario's training settings for round `r` (the lr follows the schedule)."""
+    t = scenario.training
+    lr = round_lr(t.lr, t.schedule, t.lr_min_ratio, r, scenario.rounds)
+    optimizer = OptimizerSpec(t.optimizer.name, t.optimizer.momentum, t.optimizer.weight_decay)
+    return TrainingDefaults(t.local_steps, t.local_epochs, t.batch_size, lr, optimizer,
+                            scenario.data.seq_len)
+
+
+def round_lr(lr: float, schedule: str, min_ratio: float, r: int, rounds: int) -> float:
+    """The round's learning rate: constant, or cosine from lr down to lr * min_ratio."""
+    if schedule == "constant" or rounds <= 1:
+        return lr
+    floor = lr * min_ratio
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * r / (rounds - 1)))
+
+
+async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
+    scenario = setup.scenario
+    data = load_data(scenario)
+    fleet = Fleet(device_profiles(scenario), [len(c.train) for c in data.clients])
+    try:
+        policy = create_policy(scenario.policy.name, dict(scenario.policy.params))
+    except (LookupError, TypeError) as err:
+        raise ConfigError(setup.source, "policy", str(err)) from None
+    defaults = training_defaults(scenario, 0)
+    devices = tuple(fleet.state(i, 0.0) for i in range(len(fleet)))
+    choice = policy.setup(SetupContext(devices, scenario.model.name, defaults,
+                                       dict(scenario.policy.params)))
+    if choice.model_name not in ZOO:
+        raise ConfigError(setup.source, "model.name", f"unknown zoo model {choice.model_name!r};"
+                          f" known: {', '.join(ZOO)}")
+    config = ZOO[choice.model_name].config
+    state = load_pretrained(choice.model_name, observer.on_pretrain)
+    info = ModelInfo(choice.model_name, config.n_layer, tuple(layer_groups(config.n_layer)),
+                     group_param_counts(config), config)
+    pool = start_pool(scenario, config, data)
+    writer = RunWriter(out_dir)
+    writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
+    windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
+    return Run(scenario, fleet, policy, info, state, pool, windows, Clock(), writer, observer,
+               time.perf_counter())
+
+
+def load_data(scenario: Scenario) -> FederatedData:
+    d = scenario.data
+    return build_federated(scenario.num_devices, scenario.seed, partition=d.partition,
+                           alpha=d.alpha, seq_len=d.seq_len, train_fraction=d.train_fraction,
+                           min_train_samples=d.clients.min_train_samples,
+                           max_train_samples=d.clients.max_train_samples)
+
+
+def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:
+    workers = scenario.workers
+    windows = [c.train for c in data.clients]
+    if workers.backend == "local":
+        return HostPool.start("local", 1, config, windows, workers.threads_per_host)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=workers.address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    count = workers.count
+    if count == "auto":
+        count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
+    return HostPool.start("ray", count, config, windows, workers.threads_per_host)
+
+
+def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:
+    """Up to `max_samples` test windows drawn evenly from all clients, fixed by the seed."""
+    windows = np.concatenate([c.test for c in data.clients])
+    if len(windows) > max_samples:
+        rng = np.random.default_rng([seed, 1])
+        windows = windows[np.sort(rng.choice(len(windows), size=max_samples, replace=False))]
+    return windows

@@ -1,0 +1,114 @@
+"""Local training of one plan on one device's data: the step every host runs.
+
+The same `loss_of_step` is what the cost model counts FLOPs on, so the clock's compute
+time and the real training are of one and the same computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fleetsim.model import TinyGPT, group_of, layer_groups
+from fleetsim.types import ModelState, TrainingPlan
+
+
+def prepare_model(model: TinyGPT, plan: TrainingPlan) -> None:
+    """Only the plan's trained groups require gradients."""
+    trained = set(plan.train)
+    for name, param in model.named_parameters():
+        param.requires_grad_(group_of(name) in trained)
+
+
+def loss_of_step(model: TinyGPT, plan: TrainingPlan, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-character loss of a batch of windows (batch, seq_len + 1).
+
+    Groups before the first trained one run under no_grad (nothing is saved for backward);
+    left-out blocks are skipped (identity)."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    present = set(plan.train) | set(plan.frozen)
+    groups = [g for g in layer_groups(model.config.n_layer) if g in present]
+    first_trained = min((groups.index(g) for g in plan.train), default=len(groups))
+    x: torch.Tensor | None = None
+    for i, group in enumerate(groups):
+        with torch.set_grad_enabled(i >= first_trained):
+            x = _run_group(model, group, inputs if x is None else x)
+    assert x is not None
+    return F.cross_entropy(x.flatten(0, 1), targets.flatten())
+
+
+def _run_group(model: TinyGPT, group: str, x: torch.Tensor) -> torch.Tensor:
+    if group == "embed":
+        pos = torch.arange(x.shape[1], device=x.device)
+        return model.wte(x) + model.wpe(pos)
+    if group == "head":
+        return model.lm_head(model.ln_f(x))
+    return model.blocks[int(group.split(".")[1])](x)
+
+
+def make_optimizer(model: TinyGPT, plan: TrainingPlan) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    spec = plan.optimizer
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=plan.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=plan.lr, momentum=spec.momentum,
+                           weight_decay=spec.weight_decay)
+
+
+def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: int) -> float:
+    """Run the plan's local steps on `windows` (n, seq_len + 1); return the mean loss.
+
+    Batches are drawn by a generator seeded per device and round, so the result does
+    not depend on which host runs it."""
+    prepare_model(model, plan)
+    model.train()
+    optimizer = make_optimizer(model, plan)
+    rng = np.random.default_rng(seed)
+    data = torch.from_numpy(windows.astype(np.int64))
+    total = 0.0
+    for _ in range(plan.local_steps):
+        batch = data[rng.integers(0, len(data), size=plan.batch_size)]
+        loss = loss_of_step(model, plan, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / plan.local_steps
+
+
+def load_state(model: TinyGPT, state: ModelState) -> None:
+    """Copy a global state (numpy float32 arrays) into the model in place."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(torch.from_numpy(np.asarray(state[name])))
+
+
+def export_groups(model: TinyGPT, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The trained tensors to upload, as float32 numpy copies."""
+    wanted = set(groups)
+    return {name: t.detach().numpy().copy() for name, t in model.state_dict().items()
+            if group_of(name) in wanted}
+
+
+def model_state(model: TinyGPT) -> dict[str, np.ndarray]:
+    return {name: t.detach().numpy().copy() for name, t in model.state_dict().items()}
+
+
+@torch.no_grad()
+def evaluate(model: TinyGPT, windows: np.ndarray, batch_size: int = 64) -> Mapping[str, float]:
+    """Next-character accuracy and loss over every position of `windows`."""
+    model.eval()
+    correct = positions = 0
+    loss_sum = 0.0
+    for start in range(0, len(windows), batch_size):
+        tokens = torch.from_numpy(windows[start:start + batch_size].astype(np.int64))
+        logits = model(tokens[:, :-1]).logits
+        targets = tokens[:, 1:]
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                    reduction="sum").item()
+        correct += int((logits.argmax(-1) == targets).sum())
+        positions += targets.numel()
+    return {"accuracy": correct / max(positions, 1), "loss": loss_sum / max(positions, 1)}

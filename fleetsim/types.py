@@ -1,0 +1,164 @@
+"""Values that cross module boundaries: devices, plans, updates, contexts, records.
+
+All frozen. Units are in the names. Arrays in a `ModelState` are float32 numpy arrays
+keyed by state-dict name; nobody mutates a state they were given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+DeviceId = int
+ModelState = Mapping[str, np.ndarray]
+Status = Literal["ok", "oom", "straggler", "offline", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """One device as it is now: its class profile plus its current constraints."""
+
+    device_id: DeviceId
+    device_class: str
+    memory_bytes: int
+    flops_per_s: float
+    uplink_bps: float
+    downlink_bps: float
+    latency_s: float
+    compute_jitter: float
+    num_examples: int  # training windows held by the device
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    @property
+    def state_slots(self) -> int:
+        """Optimizer tensors kept per trainable parameter."""
+        if self.name == "adam":
+            return 2
+        return 1 if self.momentum > 0 else 0
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What one device does this round.
+
+    `train` groups get gradients and are uploaded; `frozen` groups run forward only;
+    groups in neither are left out. Group names are those of `fleetsim.model.layer_groups`.
+    """
+
+    train: tuple[str, ...]
+    frozen: tuple[str, ...]
+    local_steps: int
+    batch_size: int
+    lr: float
+    optimizer: OptimizerSpec = OptimizerSpec()
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a device sends back: trained tensors, where they sit, and their weight.
+
+    `index[name]`, when present, is a tuple of per-dimension index arrays (numpy `ix_`
+    style) locating `tensors[name]` inside the global tensor; absent means the whole.
+    """
+
+    device_id: DeviceId
+    weight: float
+    tensors: Mapping[str, np.ndarray]
+    index: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What policies know about the global model."""
+
+    name: str
+    n_layer: int
+    groups: tuple[str, ...]
+    group_params: Mapping[str, int]  # parameters per layer group
+    config: Any  # fleetsim.model.TinyGPTConfig
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The scenario's training settings, resolved for this round."""
+
+    local_steps: int | None
+    local_epochs: float | None
+    batch_size: int
+    lr: float
+    optimizer: OptimizerSpec
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class SetupContext:
+    devices: tuple[DeviceState, ...]
+    model_name: str
+    training: TrainingDefaults
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    model_name: str
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    round: int  # 0-based
+    total_rounds: int
+    sim_time_s: float
+    devices: tuple[DeviceState, ...]  # selected this round, constraints as of now
+    model: ModelInfo
+    training: TrainingDefaults
+    previous: RoundRecord | None
+    rng: np.random.Generator
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: DeviceId
+    device_class: str
+    round: int
+    plan: str
+    status: Status
+    peak_mem_bytes: int
+    mem_cap_bytes: int
+    flops: float
+    compute_s: float
+    download_s: float
+    upload_s: float
+    bytes_up: int
+    bytes_down: int
+    host: str
+    loss: float | None = None
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    sim_time_s: float  # virtual time at the end of the round
+    round_time_s: float  # virtual duration of the round
+    wall_time_s: float
+    accuracy: float | None
+    loss: float | None
+    train_loss: float | None
+    selected: int
+    completed: int
+    stragglers: int
+    offline: int
+    oom: int
+    failed: int
+    skipped: int
+    bytes_up: int
+    bytes_down: int
+    aggregated: bool

@@ -1,0 +1,152 @@
+"""Device hosts: processes that emulate one device at a time, and the pool that feeds them.
+
+A `DeviceHost` keeps its model and the fleet's data across jobs (built once per host,
+not per device); a job brings the device's plan, caps and seed, and the round's global
+weights, which Ray puts in the object store once per round and hands to every host
+zero-copy. Results never depend on which host ran a job: batches are drawn from a
+seed of (run seed, round, device), and each host trains on a fixed number of threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fleetsim.types import ModelState, Status, TrainingPlan, Update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    device_id: int
+    round: int
+    plan: TrainingPlan
+    seed: int
+    mem_cap_bytes: int
+
+
+@dataclass(frozen=True)
+class JobResult:
+    device_id: int
+    status: Status
+    update: Update | None
+    loss: float | None
+    peak_mem_bytes: int
+    flops: float
+    host: str
+    error: str = ""
+
+
+class DeviceHost:
+    """Emulates devices one at a time; used in-process or as a Ray actor."""
+
+    def __init__(self, host_id: str, model_config: Any, train_windows: Sequence[np.ndarray],
+                 threads: int = 1) -> None:
+        import torch
+
+        from fleetsim.model import TinyGPT
+
+        torch.set_num_threads(threads)
+        self.host = f"{socket.gethostname()}/{host_id}/pid{os.getpid()}"
+        self.model = TinyGPT(model_config)
+        self.train_windows = train_windows
+
+    def train(self, job: Job, state: ModelState) -> JobResult:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from fleetsim.cost import predict_peak_bytes
+        from fleetsim.training import export_groups, load_state, train_local
+
+        load_state(self.model, state)
+        windows = self.train_windows[job.device_id]
+        try:
+            with FlopCounterMode(display=False) as counter:
+                loss = train_local(self.model, job.plan, windows, job.seed)
+        except Exception as err:  # a device that crashes loses its update, the run goes on
+            log.exception("device %d failed on %s", job.device_id, self.host)
+            return JobResult(job.device_id, "failed", None, None, 0, 0.0, self.host, repr(err))
+        update = Update(job.device_id, float(len(windows)),
+                        export_groups(self.model, job.plan.train))
+        peak = predict_peak_bytes(self.model.config, job.plan, windows.shape[1] - 1)
+        return JobResult(job.device_id, "ok", update, loss, peak,
+                         float(counter.get_total_flops()), self.host)
+
+    def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
+        from fleetsim.training import evaluate, load_state
+
+        load_state(self.model, state)
+        return dict(evaluate(self.model, windows))
+
+
+class HostPool:
+    """A pool of hosts behind one asyncio interface: in-process or Ray actors."""
+
+    def __init__(self, hosts: list[Any], use_ray: bool) -> None:
+        self.hosts, self.use_ray = hosts, use_ray
+        self.idle: asyncio.Queue[Any] = asyncio.Queue()
+        for host in hosts:
+            self.idle.put_nowait(host)
+
+    @classmethod
+    def start(cls, backend: str, count: int, model_config: Any,
+              train_windows: Sequence[np.ndarray], threads: int) -> HostPool:
+        if backend == "local":
+            return cls([DeviceHost("local", model_config, train_windows, threads)], use_ray=False)
+        import ray
+
+        remote_host = ray.remote(num_cpus=threads)(DeviceHost)
+        windows_ref = ray.put(list(train_windows))
+        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, threads)
+                 for i in range(count)]
+        return cls(hosts, use_ray=True)
+
+    def share(self, value: Any) -> Any:
+        """Publish a value every host reads (the round's weights) once: for Ray, in the
+        object store, from where hosts read numpy arrays zero-copy."""
+        if not self.use_ray:
+            return value
+        import ray
+
+        return ray.put(value)
+
+    async def train_all(self, jobs: Sequence[Job], shared_state: Any) -> list[JobResult]:
+        """Run every job on the first idle host; results sorted by device id."""
+        results = await asyncio.gather(*(self._run(job, shared_state) for job in jobs))
+        return sorted(results, key=lambda r: r.device_id)
+
+    async def evaluate(self, shared_state: Any, windows: np.ndarray) -> dict[str, float]:
+        host = await self.idle.get()
+        try:
+            if self.use_ray:
+                return await host.evaluate.remote(shared_state, windows)
+            return await asyncio.to_thread(host.evaluate, shared_state, windows)
+        finally:
+            self.idle.put_nowait(host)
+
+    async def _run(self, job: Job, shared_state: Any) -> JobResult:
+        host = await self.idle.get()
+        try:
+            if not self.use_ray:
+                return await asyncio.to_thread(host.train, job, shared_state)
+            try:
+                return await host.train.remote(job, shared_state)
+            except Exception as err:  # the host process died (RayActorError and kin)
+                log.warning("host lost while training device %d: %r", job.device_id, err)
+                return JobResult(job.device_id, "failed", None, None, 0, 0.0, "lost", repr(err))
+        finally:
+            self.idle.put_nowait(host)
+
+    def close(self) -> None:
+        if self.use_ray:
+            import ray
+
+            for host in self.hosts:
+                ray.kill(host)
