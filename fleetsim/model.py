@@ -55,6 +55,9 @@ class TinyGPTConfig(PretrainedConfig):
 
 
 class Attention(nn.Module):
+    """Causal multi-head self-attention, written out (no fused kernel) so that its FLOPs
+    are counted and its saved activations are the same on every device and backend."""
+
     def __init__(self, cfg: TinyGPTConfig) -> None:
         super().__init__()
         d, inner = cfg.n_embd, cfg.n_head * cfg.head_dim
@@ -68,9 +71,11 @@ class Attention(nn.Module):
         def heads(proj: nn.Module) -> torch.Tensor:  # (b, heads, t, head_dim)
             return proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
 
-        y = F.scaled_dot_product_attention(
-            heads(self.q_proj), heads(self.k_proj), heads(self.v_proj), is_causal=True
-        )
+        q, k, v = heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (b, heads, t, t)
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+        y = scores.softmax(dim=-1) @ v  # (b, heads, t, head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -150,7 +155,7 @@ class ZooEntry:
     name: str
     config: TinyGPTConfig
     pretrain_steps: int
-    pretrain_lr: float = 3e-3
+    pretrain_lr: float = 6e-3
     pretrain_batch: int = 32
 
 
@@ -162,9 +167,9 @@ def _entry(n_layer: int, n_embd: int, n_head: int, steps: int) -> ZooEntry:
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
-        _entry(2, 64, 4, steps=300),
-        _entry(4, 128, 4, steps=300),
-        _entry(6, 192, 6, steps=300),
-        _entry(8, 256, 8, steps=300),
+        _entry(2, 64, 4, steps=600),
+        _entry(4, 128, 4, steps=600),
+        _entry(6, 192, 6, steps=600),
+        _entry(8, 256, 8, steps=600),
     )
 }

@@ -7,10 +7,12 @@ time and the real training are of one and the same computation.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from fleetsim.model import TinyGPT, group_of, layer_groups
 from fleetsim.types import ModelState, TrainingPlan
@@ -58,25 +60,31 @@ def make_optimizer(model: TinyGPT, plan: TrainingPlan) -> torch.optim.Optimizer:
                            weight_decay=spec.weight_decay)
 
 
-def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: int) -> float:
-    """Run the plan's local steps on `windows` (n, seq_len + 1); return the mean loss.
+def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray,
+                seed: int) -> tuple[float, float]:
+    """Run the plan's local steps on `windows` (n, seq_len + 1).
 
-    Batches are drawn by a generator seeded per device and round, so the result does
-    not depend on which host runs it."""
+    Returns (mean loss, FLOPs). Batches are drawn by a generator seeded per device and
+    round, so the result does not depend on which host runs it. FLOPs are counted by
+    torch's flop counter on the first step (every step has the same shapes) and scaled,
+    which keeps the counter's dispatch overhead off the other steps."""
     prepare_model(model, plan)
     model.train()
     optimizer = make_optimizer(model, plan)
     rng = np.random.default_rng(seed)
     data = torch.from_numpy(windows.astype(np.int64))
-    total = 0.0
-    for _ in range(plan.local_steps):
+    total, step_flops = 0.0, 0
+    for step in range(plan.local_steps):
         batch = data[rng.integers(0, len(data), size=plan.batch_size)]
-        loss = loss_of_step(model, plan, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with FlopCounterMode(display=False) if step == 0 else nullcontext() as counter:
+            loss = loss_of_step(model, plan, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if counter is not None:
+            step_flops = counter.get_total_flops()
         optimizer.step()
         total += loss.item()
-    return total / plan.local_steps
+    return total / plan.local_steps, float(step_flops * plan.local_steps)
 
 
 def load_state(model: TinyGPT, state: ModelState) -> None:

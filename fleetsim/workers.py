@@ -60,24 +60,20 @@ class DeviceHost:
         self.train_windows = train_windows
 
     def train(self, job: Job, state: ModelState) -> JobResult:
-        from torch.utils.flop_counter import FlopCounterMode
-
         from fleetsim.cost import predict_peak_bytes
         from fleetsim.training import export_groups, load_state, train_local
 
         load_state(self.model, state)
         windows = self.train_windows[job.device_id]
         try:
-            with FlopCounterMode(display=False) as counter:
-                loss = train_local(self.model, job.plan, windows, job.seed)
+            loss, flops = train_local(self.model, job.plan, windows, job.seed)
         except Exception as err:  # a device that crashes loses its update, the run goes on
             log.exception("device %d failed on %s", job.device_id, self.host)
             return JobResult(job.device_id, "failed", None, None, 0, 0.0, self.host, repr(err))
         update = Update(job.device_id, float(len(windows)),
                         export_groups(self.model, job.plan.train))
         peak = predict_peak_bytes(self.model.config, job.plan, windows.shape[1] - 1)
-        return JobResult(job.device_id, "ok", update, loss, peak,
-                         float(counter.get_total_flops()), self.host)
+        return JobResult(job.device_id, "ok", update, loss, peak, flops, self.host)
 
     def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
         from fleetsim.training import evaluate, load_state

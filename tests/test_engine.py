@@ -1,0 +1,107 @@
+"""End to end: the smoke scenario through the engine on a real local Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetsim.engine import run_scenario
+from fleetsim.metrics import read_jsonl
+from fleetsim.monitor import PlainObserver
+from fleetsim.scenario import load_scenario
+from fleetsim.session import RunSetup
+from tests.conftest import SMOKE
+
+WALL_FIELDS = {"wall_time_s"}
+DEVICE_FIELDS = {"device_id", "device_class", "round", "plan", "status", "peak_mem_bytes",
+                 "mem_cap_bytes", "flops", "compute_s", "download_s", "upload_s", "host"}
+
+
+def run_smoke(out: Path, **overrides: str) -> dict[str, Any]:
+    scenario = load_scenario(SMOKE, overrides)
+    with (out.parent / f"{out.name}.log").open("w") as log:
+        return asyncio.run(run_scenario(RunSetup(scenario, SMOKE), out, PlainObserver(out, log)))
+
+
+def without_wall_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in WALL_FIELDS} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "two"
+    run_smoke(out, **{"workers.count": "2"})
+    return out
+
+
+def test_smoke_writes_every_round_and_device(two_worker_run: Path) -> None:
+    rounds = read_jsonl(two_worker_run / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["accuracy"] is not None for r in rounds)  # eval.every is 1
+    assert all(r["completed"] >= 1 and r["aggregated"] for r in rounds)
+    times = [r["sim_time_s"] for r in rounds]
+    assert times == sorted(times) and times[0] > 0
+    devices = read_jsonl(two_worker_run / "devices.jsonl")
+    assert all(set(d) >= DEVICE_FIELDS for d in devices)
+    assert len(devices) == sum(r["selected"] for r in rounds)
+    ok = [d for d in devices if d["status"] == "ok"]
+    assert len(ok) == sum(r["completed"] for r in rounds)
+    assert len({d["host"] for d in ok}) == 2  # both Ray hosts trained devices
+    assert all(d["flops"] > 0 and d["peak_mem_bytes"] <= d["mem_cap_bytes"] for d in ok)
+    summary = json.loads((two_worker_run / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert summary["final_accuracy"] == rounds[-1]["accuracy"]
+    assert load_scenario(two_worker_run / "scenario.yaml") is not None  # resolved, reloadable
+
+
+def test_training_changes_the_model(two_worker_run: Path) -> None:
+    summary = json.loads((two_worker_run / "summary.json").read_text())
+    assert summary["final_accuracy"] != summary["initial_accuracy"]
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] > summary["bytes_up"] / 2
+
+
+def test_same_seed_same_rounds_on_one_and_two_workers(two_worker_run: Path,
+                                                      tmp_path: Path) -> None:
+    run_smoke(tmp_path / "one", **{"workers.count": "1"})
+    one = without_wall_time(read_jsonl(tmp_path / "one" / "rounds.jsonl"))
+    two = without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
+    assert one == two
+
+
+def test_in_process_backend_matches_ray(two_worker_run: Path, tmp_path: Path) -> None:
+    run_smoke(tmp_path / "local", **{"workers.backend": "local"})
+    local = without_wall_time(read_jsonl(tmp_path / "local" / "rounds.jsonl"))
+    assert local == without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
+
+
+def test_other_seed_changes_the_run(two_worker_run: Path, tmp_path: Path) -> None:
+    run_smoke(tmp_path / "seed1", seed="1", **{"workers.backend": "local"})
+    other = without_wall_time(read_jsonl(tmp_path / "seed1" / "rounds.jsonl"))
+    assert other != without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
+
+
+def test_cli_run_smoke(tmp_path: Path) -> None:
+    """The documented command, in its own process with its own Ray."""
+    out = tmp_path / "cli"
+    done = subprocess.run([sys.executable, "-m", "fleetsim", "run", str(SMOKE), "--no-live",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(read_jsonl(out / "rounds.jsonl")) == 3
+    assert "round 2:" in done.stdout and "done:" in done.stdout
+
+
+def test_cli_refuses_to_overwrite_a_run(two_worker_run: Path, capsys: pytest.CaptureFixture) \
+        -> None:
+    from fleetsim.cli import main
+
+    before = (two_worker_run / "rounds.jsonl").read_bytes()
+    assert main(["run", str(SMOKE), "--no-live", "--out", str(two_worker_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "already holds a run" in err[0]
+    assert (two_worker_run / "rounds.jsonl").read_bytes() == before

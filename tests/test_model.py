@@ -1,0 +1,63 @@
+"""The model zoo: transformers conventions, layer groups, pretraining cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fleetsim.model import ZOO, TinyGPT, group_of, layer_groups
+from fleetsim.training import loss_of_step, model_state
+from fleetsim.types import TrainingPlan
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_models_differ_in_depth_and_width(name: str) -> None:
+    cfg = ZOO[name].config
+    assert name == f"gpt-{cfg.n_layer}x{cfg.n_embd}"
+    with torch.device("meta"):
+        model = TinyGPT(cfg)
+    groups = {group_of(k) for k in model.state_dict()}
+    assert groups == set(layer_groups(cfg.n_layer))
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyGPT(ZOO["gpt-2x64"].config)
+    model.save_pretrained(tmp_path)
+    loaded = TinyGPT.from_pretrained(tmp_path)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 17))
+    assert torch.equal(model(tokens).logits, loaded(tokens).logits)
+
+
+def test_group_forward_equals_model_forward() -> None:
+    """The step devices run (group by group) computes the model's own loss."""
+    torch.manual_seed(0)
+    model = TinyGPT(ZOO["gpt-2x64"].config)
+    tokens = torch.randint(0, model.config.vocab_size, (3, 21))
+    groups = tuple(layer_groups(2))
+    plan = TrainingPlan(train=groups[-2:], frozen=groups[:-2], local_steps=1, batch_size=3,
+                        lr=0.1)
+    want = model(tokens[:, :-1], labels=tokens[:, 1:]).loss
+    assert torch.allclose(loss_of_step(model, plan, tokens), want)
+
+
+def test_frozen_prefix_gets_no_gradient() -> None:
+    model = TinyGPT(ZOO["gpt-2x64"].config)
+    from fleetsim.training import prepare_model
+
+    plan = TrainingPlan(train=("head",), frozen=("embed", "block.0", "block.1"),
+                        local_steps=1, batch_size=2, lr=0.1)
+    prepare_model(model, plan)
+    loss_of_step(model, plan, torch.randint(0, 90, (2, 9))).backward()
+    grads = {group_of(n) for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == {"head"}
+
+
+def test_model_state_is_float32_numpy_copy() -> None:
+    model = TinyGPT(ZOO["gpt-2x64"].config)
+    state = model_state(model)
+    assert all(v.dtype.name == "float32" for v in state.values())
+    state["lm_head.weight"][:] = 0
+    assert model.lm_head.weight.abs().sum() > 0
