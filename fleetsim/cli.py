@@ -113,7 +113,7 @@ def _output_dir(flag: str | None, pattern: str, name: str) -> Path:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
     from fleetsim.model import ZOO
     from fleetsim.pretrain import is_cached, pretrain
@@ -129,8 +129,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                 progress.console.print(f"{name}: cached")
                 continue
             task = progress.add_task(f"pretraining {name}", total=ZOO[name].pretrain_steps)
-            pretrain(ZOO[name], lambda step, _total, loss, t=task, n=name: progress.update(
-                t, completed=step, description=f"pretraining {n} loss {loss:.3f}"))
+
+            def show(step: int, _total: int, loss: float, task: TaskID = task,
+                     name: str = name) -> None:
+                progress.update(task, completed=step, description=f"pretraining {name} "
+                                f"loss {loss:.3f}")
+
+            pretrain(ZOO[name], show)
     return 0
 
 

@@ -7,6 +7,7 @@ half-written. Deterministic: seed 0, fixed steps.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,14 +27,22 @@ from fleetsim.types import ModelState, TrainingPlan
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 PRETRAIN_SEQ_LEN = 80
+RECIPE_FILE = "pretrain.json"
 
 
 def zoo_dir() -> Path:
     return cache_root() / "zoo"
 
 
+def recipe(entry: ZooEntry) -> dict[str, float | int | str]:
+    """How a zoo model was pretrained; a cached copy made another way is stale."""
+    return {"steps": entry.pretrain_steps, "lr": entry.pretrain_lr,
+            "batch": entry.pretrain_batch, "seq_len": PRETRAIN_SEQ_LEN, "corpus": "server-v1"}
+
+
 def is_cached(name: str) -> bool:
-    return (zoo_dir() / name / "config.json").is_file()
+    stamp = zoo_dir() / name / RECIPE_FILE
+    return stamp.is_file() and json.loads(stamp.read_text()) == recipe(ZOO[name])
 
 
 def load_pretrained(name: str, on_progress: Progress | None = None) -> ModelState:
@@ -77,9 +86,12 @@ def _save(model: TinyGPT, name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     model.save_pretrained(staging)
-    if target.exists():  # another process won the race; keep its copy
+    (staging / RECIPE_FILE).write_text(json.dumps(recipe(ZOO[name])))
+    if is_cached(name):  # another process won the race; keep its copy
         shutil.rmtree(staging)
-    else:
-        os.replace(staging, target)
+        return target
+    if target.exists():  # a stale recipe
+        shutil.rmtree(target)
+    os.replace(staging, target)
     log.info("pretrained %s cached in %s", name, target)
     return target

@@ -142,9 +142,10 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool
     if not ray.is_initialized():
         ray.init(address=workers.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
-    count = workers.count
-    if count == "auto":
+    if workers.count == "auto":
         count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
+    else:
+        count = workers.count
     return HostPool.start("ray", count, config, windows, workers.threads_per_host)
 
 
