@@ -61,6 +61,10 @@ class DataError(FleetsimError, RuntimeError):
     """The corpus could not be fetched or verified, or cannot be split as asked."""
 
 
+class NotEnoughClients(DataError):
+    """The corpus has fewer eligible roles than the fleet has devices."""
+
+
 @dataclass(frozen=True)
 class ClientData:
     """One device's ``(n, seq_len + 1)`` uint8 windows; inputs ``w[:-1]``, targets ``w[1:]``."""
@@ -393,8 +397,9 @@ def build_federated(num_clients: int, seed: int, *, partition: str = "natural", 
         raise ValueError(f"build_federated: {', '.join(bad)} (partitions: {PARTITIONS})")
     eligible = _eligible(corpus_roles(cache_dir), seq_len, train_fraction, min_train_samples)
     if len(eligible) < num_clients:
-        raise DataError(f"{num_clients} clients asked for, but only {len(eligible)} roles have >= "
-                        f"{min_train_samples} train windows of {seq_len + 1} characters")
+        raise NotEnoughClients(f"{num_clients} clients asked for, but only {len(eligible)} "
+                               f"roles have >= {min_train_samples} train windows of "
+                               f"{seq_len + 1} characters")
     rng = np.random.default_rng(seed)
     clients = [eligible[i] for i in rng.choice(len(eligible), size=num_clients, replace=False)]
     if partition != "natural":

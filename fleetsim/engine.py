@@ -82,7 +82,7 @@ async def play_round(run: Run, r: int, state: ModelState,
                                  rng=clock_rng)
     train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),
                       devices[d].memory_bytes) for d in sorted(timing.finishers)]
-    results = await run.pool.train_all(train_jobs, run.pool.share(dict(state)))
+    results = await run.pool.train_all(train_jobs, run.pool.share(state))
     updates = [res.update for res in results if res.update is not None]
     aggregated = len(updates) >= sel.min_updates
     if aggregated:
@@ -99,7 +99,7 @@ async def play_round(run: Run, r: int, state: ModelState,
 
 
 async def evaluate(run: Run, state: ModelState) -> Evaluation:
-    metrics = await run.pool.evaluate(run.pool.share(dict(state)), run.eval_windows)
+    metrics = await run.pool.evaluate(run.pool.share(state), run.eval_windows)
     return Evaluation(metrics["accuracy"], metrics["loss"])
 
 

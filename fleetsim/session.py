@@ -14,7 +14,7 @@ import numpy as np
 
 from fleetsim.clock import Clock
 from fleetsim.cost import group_param_counts
-from fleetsim.data import FederatedData, build_federated
+from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
 from fleetsim.fleet import Fleet
 from fleetsim.metrics import RunWriter
@@ -99,7 +99,7 @@ def round_lr(lr: float, schedule: str, min_ratio: float, r: int, rounds: int) ->
 
 async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     scenario = setup.scenario
-    data = load_data(scenario)
+    data = load_data(scenario, setup.source)
     fleet = Fleet(device_profiles(scenario), [len(c.train) for c in data.clients])
     try:
         policy = create_policy(scenario.policy.name, dict(scenario.policy.params))
@@ -124,12 +124,16 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
                time.perf_counter())
 
 
-def load_data(scenario: Scenario) -> FederatedData:
+def load_data(scenario: Scenario, source: Path) -> FederatedData:
     d = scenario.data
-    return build_federated(scenario.num_devices, scenario.seed, partition=d.partition,
-                           alpha=d.alpha, seq_len=d.seq_len, train_fraction=d.train_fraction,
-                           min_train_samples=d.clients.min_train_samples,
-                           max_train_samples=d.clients.max_train_samples)
+    try:
+        return build_federated(scenario.num_devices, scenario.seed, partition=d.partition,
+                               alpha=d.alpha, seq_len=d.seq_len,
+                               train_fraction=d.train_fraction,
+                               min_train_samples=d.clients.min_train_samples,
+                               max_train_samples=d.clients.max_train_samples)
+    except NotEnoughClients as err:
+        raise ConfigError(source, "fleet", f"one client per device: {err}") from None
 
 
 def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:

@@ -82,11 +82,26 @@ class DeviceHost:
         return dict(evaluate(self.model, windows))
 
 
+class AsyncDeviceHost:
+    """The Ray actor: an async front for a DeviceHost. Training runs in a worker thread,
+    so the actor's event loop stays free to answer while a device trains."""
+
+    def __init__(self, *args: Any) -> None:
+        self.host = DeviceHost(*args)
+
+    async def train(self, job: Job, state: ModelState) -> JobResult:
+        return await asyncio.to_thread(self.host.train, job, state)
+
+    async def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
+        return await asyncio.to_thread(self.host.evaluate, state, windows)
+
+
 class HostPool:
     """A pool of hosts behind one asyncio interface: in-process or Ray actors."""
 
     def __init__(self, hosts: list[Any], use_ray: bool) -> None:
         self.hosts, self.use_ray = hosts, use_ray
+        self._last_shared: tuple[Any, Any] | None = None
         self.idle: asyncio.Queue[Any] = asyncio.Queue()
         for host in hosts:
             self.idle.put_nowait(host)
@@ -98,20 +113,25 @@ class HostPool:
             return cls([DeviceHost("local", model_config, train_windows, threads)], use_ray=False)
         import ray
 
-        remote_host = ray.remote(num_cpus=threads)(DeviceHost)
+        remote_host = ray.remote(num_cpus=threads)(AsyncDeviceHost)
         windows_ref = ray.put(list(train_windows))
         hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, threads)
                  for i in range(count)]
         return cls(hosts, use_ray=True)
 
     def share(self, value: Any) -> Any:
-        """Publish a value every host reads (the round's weights) once: for Ray, in the
-        object store, from where hosts read numpy arrays zero-copy."""
+        """Publish a value every host reads (the global weights) once: for Ray, in the
+        object store, from where hosts read numpy arrays zero-copy. Sharing the same
+        object again (the state evaluated, then trained on next round) reuses it."""
         if not self.use_ray:
             return value
+        if self._last_shared is not None and self._last_shared[0] is value:
+            return self._last_shared[1]
         import ray
 
-        return ray.put(value)
+        ref = ray.put(value if isinstance(value, np.ndarray) else dict(value))
+        self._last_shared = (value, ref)
+        return ref
 
     async def train_all(self, jobs: Sequence[Job], shared_state: Any) -> list[JobResult]:
         """Run every job on the first idle host; results sorted by device id."""

@@ -105,3 +105,15 @@ def test_cli_refuses_to_overwrite_a_run(two_worker_run: Path, capsys: pytest.Cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out" in err[0] and "already holds a run" in err[0]
     assert (two_worker_run / "rounds.jsonl").read_bytes() == before
+
+
+def test_fleet_larger_than_the_corpus_is_bad_input(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    from fleetsim.cli import main
+
+    scenario = tmp_path / "huge.yaml"
+    scenario.write_text("rounds: 1\nfleet: [{class: phone_mid, count: 5000}]\n")
+    assert main(["run", str(scenario), "--no-live", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{scenario}: fleet: " in err[0] and "5000 clients" in err[0]
+    assert not (tmp_path / "out").exists()
