@@ -17,8 +17,11 @@ from pathlib import Path
 
 from fleetsim import PROJECT_ROOT
 from fleetsim.errors import ConfigError, FleetsimError
+from fleetsim.types import OptimizerSpec
 
 DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "default.yaml"
+OPTIMIZERS = {"sgd": OptimizerSpec("sgd"), "momentum": OptimizerSpec("sgd", momentum=0.9),
+              "adam": OptimizerSpec("adam")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     pretrain = sub.add_parser("pretrain", help="pretrain zoo models on the server corpus")
     pretrain.add_argument("models", nargs="*", help="zoo names (default: all)")
     pretrain.set_defaults(command=cmd_pretrain)
+
+    cost = sub.add_parser("cost", help="predicted and measured cost of one plan, as JSON")
+    cost.add_argument("--model", required=True, help="zoo name (see `fleetsim zoo`)")
+    cost.add_argument("--plan", required=True, help="full | head | last:N | lora:R | width:S")
+    cost.add_argument("--batch", type=int, default=16)
+    cost.add_argument("--seq", type=int, default=80)
+    cost.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    cost.set_defaults(command=cmd_cost)
 
     zoo = sub.add_parser("zoo", help="list the model zoo")
     zoo.set_defaults(command=cmd_zoo)
@@ -110,6 +121,39 @@ def _output_dir(flag: str | None, pattern: str, name: str) -> Path:
         raise ConfigError(out, "--out", "already holds a run; choose another directory "
                           "(nothing was overwritten)")
     return out
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from fleetsim.cost import estimate_cost, parse_plan
+    from fleetsim.model import ZOO
+    from fleetsim.training import measure_step
+
+    if args.model not in ZOO:
+        raise ConfigError("fleetsim cost", "--model", f"unknown zoo model {args.model!r}; "
+                          f"known: {', '.join(ZOO)}")
+    config = ZOO[args.model].config
+    if not 1 <= args.batch <= 4096 or not 1 <= args.seq <= config.max_seq_len - 1:
+        raise ConfigError("fleetsim cost", "--batch/--seq", "out of range (seq at most "
+                          f"{config.max_seq_len - 1})")
+    try:
+        plan = parse_plan(args.plan, config, args.batch, OPTIMIZERS[args.optimizer])
+    except ValueError as err:
+        raise ConfigError("fleetsim cost", "--plan", str(err)) from None
+    torch.set_num_threads(1)
+    cost = estimate_cost(config, plan, args.seq)
+    measured_peak, _ = measure_step(config, plan, args.seq)
+    print(json.dumps({"model": args.model, "plan": args.plan, "batch": args.batch,
+                      "seq": args.seq, "optimizer": args.optimizer,
+                      "predicted_peak_bytes": cost.predicted_peak_bytes,
+                      "measured_peak_bytes": measured_peak,
+                      "flops_per_step": cost.flops_per_step,
+                      "upload_bytes": cost.upload_bytes,
+                      "download_bytes": cost.download_bytes}))
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

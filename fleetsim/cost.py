@@ -1,23 +1,24 @@
 """The cost model: FLOPs, bytes and predicted peak memory of a training plan.
 
-Pure functions of (model config, plan, batch shape, optimizer); policies plan with them
-and the clock turns them into durations. FLOPs are counted once per shape with
+Pure functions of (model config, plan, sequence length); policies plan with them and the
+clock turns them into durations. FLOPs are counted once per shape with
 `torch.utils.flop_counter` on the meta device (no memory, no real compute) over the
-exact forward/backward that a device runs, and cached.
+exact step a device runs. Peak memory is an analytic model of that step (see
+`predict_peak_bytes`), held to the measured peak by tests over the whole zoo.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fleetsim.model import TinyGPT, TinyGPTConfig, group_of, layer_groups
-from fleetsim.types import OptimizerSpec, TrainingPlan
+from fleetsim.model import TinyGPTConfig, group_of, layer_groups, width_config
+from fleetsim.types import LoraSpec, OptimizerSpec, TrainingPlan
 
-FLOAT_BYTES = 4  # weights and updates travel and live as float32
+FLOAT_BYTES = 4  # weights, updates and activations are float32
 
 
 @dataclass(frozen=True)
@@ -31,86 +32,137 @@ class PlanCost:
 def estimate_cost(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> PlanCost:
     """Everything the clock and the policies need to know about one plan."""
     return PlanCost(
-        flops_per_step=step_flops(config, plan.train, plan.frozen, plan.batch_size, seq_len),
+        flops_per_step=step_flops(config, plan, seq_len),
         predicted_peak_bytes=predict_peak_bytes(config, plan, seq_len),
-        download_bytes=group_bytes(config, (*plan.frozen, *plan.train)),
-        upload_bytes=group_bytes(config, plan.train),
+        download_bytes=download_bytes(config, plan),
+        upload_bytes=upload_bytes(config, plan),
     )
 
 
-def group_param_counts(config: TinyGPTConfig) -> dict[str, int]:
-    """Parameters per layer group."""
-    return dict(_group_param_counts(_config_key(config)))
+def group_param_counts(config: TinyGPTConfig, plan: TrainingPlan | None = None
+                       ) -> dict[str, int]:
+    """Parameters per layer group of the model a plan trains (LoRA adapters under "lora")."""
+    width, lora = (plan.width, plan.lora) if plan else (1.0, None)
+    return dict(_param_counts(_config_key(config), width, lora))
 
 
-def group_bytes(config: TinyGPTConfig, groups: tuple[str, ...]) -> int:
-    counts = group_param_counts(config)
-    return FLOAT_BYTES * sum(counts[g] for g in set(groups))
+def download_bytes(config: TinyGPTConfig, plan: TrainingPlan) -> int:
+    """What the device needs: every group it runs (at its width) and the adapters."""
+    counts = group_param_counts(config, plan)
+    groups = {*plan.train, *plan.frozen}
+    return FLOAT_BYTES * (sum(counts[g] for g in groups) + counts["lora"])
+
+
+def upload_bytes(config: TinyGPTConfig, plan: TrainingPlan) -> int:
+    """Only what changed: the trained groups and the adapters."""
+    return FLOAT_BYTES * _trainable_params(group_param_counts(config, plan), plan)
+
+
+def _trainable_params(counts: dict[str, int], plan: TrainingPlan) -> int:
+    return sum(counts[g] for g in set(plan.train)) + counts["lora"]
 
 
 def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> int:
-    """Peak bytes of one local step: resident weights, gradients and optimizer state of
-    the trained groups, activations saved for backward from the first trained group on,
-    and the largest transient buffer."""
-    counts = group_param_counts(config)
-    present = set(plan.train) | set(plan.frozen)
-    weights = FLOAT_BYTES * sum(counts[g] for g in present)
-    trainable = FLOAT_BYTES * sum(counts[g] for g in plan.train)
-    optimizer_state = trainable * (1 + plan.optimizer.state_slots)  # grads + slots
-    b, t, d = plan.batch_size, seq_len, config.n_embd
-    groups = [g for g in layer_groups(config.n_layer) if g in present]
-    first = min((groups.index(g) for g in plan.train), default=len(groups))
-    grad_blocks = sum(1 for g in groups[first:] if g.startswith("block."))
-    per_block = b * t * (10 * d + 2 * config.ffn_hidden) * FLOAT_BYTES
-    logits = b * t * config.vocab_size * FLOAT_BYTES
-    head = 2 * logits + b * t * d * FLOAT_BYTES  # logits, their gradient, final LN input
-    transient = b * t * config.ffn_hidden * FLOAT_BYTES
-    return int(weights + optimizer_state + grad_blocks * per_block + head + transient)
+    """Peak live bytes of a steady-state local step (optimizer state already allocated).
+
+    resident weights + optimizer slots of the trainable parameters, plus the largest of
+      - a no_grad block's transient (frozen prefix): x, LN out, q, k, v and the
+        contiguous copies of q and k, two attention-score tensors;
+      - the activations saved for backward by every block from the first one that needs
+        gradients, and by the head, plus the loss's backward at the head (two V-wide);
+      - the same, one step later: the head's activations freed, the last block's FFN
+        backward holding its input gradient and the head's and fc_out's weight gradients.
+    """
+    cfg = width_config(config, plan.width)
+    d, inner, ffn, heads = cfg.n_embd, cfg.attn_size, cfg.ffn_size, cfg.n_head
+    t, vocab = seq_len, cfg.vocab_size
+    per_token = plan.batch_size * t * FLOAT_BYTES  # bytes of one float per token
+    counts = group_param_counts(config, plan)
+    groups = [g for g in layer_groups(cfg.n_layer) if g in {*plan.train, *plan.frozen}]
+    weights = FLOAT_BYTES * (sum(counts[g] for g in groups) + counts["lora"])
+    trainable = FLOAT_BYTES * _trainable_params(counts, plan)
+    first = _first_grad_group(plan, groups)
+    grad_blocks = [g for g in groups[first:] if g.startswith("block.")]
+    head_saved = 2 * d + vocab + 4
+    blocks_saved = sum(_block_saved(cfg, plan, g in plan.train, t) for g in grad_blocks)
+    saved = (blocks_saved + head_saved + 2) * per_token  # + the token ids
+    frozen_blocks = [g for g in groups[:first] if g.startswith("block.")]
+    candidates = [saved + 2 * vocab * per_token]
+    if frozen_blocks:
+        candidates.append((2 * d + 5 * inner + 2 * heads * t) * per_token)
+    if grad_blocks:
+        weight_grads = FLOAT_BYTES * counts["head"] if "head" in plan.train else 0
+        if grad_blocks[-1] in plan.train:
+            weight_grads += FLOAT_BYTES * (ffn * d + d)  # fc_out weight and bias
+        candidates.append(saved + (d + ffn - head_saved) * per_token + weight_grads)
+    return int(weights + plan.optimizer.state_slots * trainable + max(candidates))
 
 
-def step_flops(
-    config: TinyGPTConfig,
-    train: tuple[str, ...],
-    frozen: tuple[str, ...],
-    batch_size: int,
-    seq_len: int,
-) -> float:
+def _block_saved(cfg: TinyGPTConfig, plan: TrainingPlan, trained: bool, t: int) -> int:
+    """Floats per token a block in grad mode saves for backward. Always: both LayerNorm
+    inputs (+ statistics), the contiguous q, k, v, the attention probabilities and the
+    FFN pre-activation. A linear layer's input only when its weight trains (or carries
+    an adapter, which also saves its rank-wide output)."""
+    d, inner, ffn = cfg.n_embd, cfg.attn_size, cfg.ffn_size
+    targets = set(plan.lora.targets) if plan.lora else set()
+    needs_input = {name: trained or name in targets
+                   for name in ("q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out")}
+    floats = 2 * d + 4 + 3 * inner + cfg.n_head * t + ffn
+    floats += d if needs_input["q_proj"] or needs_input["k_proj"] or needs_input["v_proj"] else 0
+    floats += inner if needs_input["o_proj"] else 0
+    floats += d if needs_input["fc_in"] else 0
+    floats += ffn if needs_input["fc_out"] else 0
+    return floats + (plan.lora.rank * len(targets) if plan.lora else 0)
+
+
+def step_flops(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> float:
     """FLOPs of one forward+backward step, counted by torch's flop counter."""
-    return _step_flops(_config_key(config), tuple(sorted(train)), tuple(sorted(frozen)),
-                       batch_size, seq_len)
+    shape_only = replace(plan, local_steps=1, lr=0.0, optimizer=OptimizerSpec(),
+                         train=tuple(sorted(plan.train)), frozen=tuple(sorted(plan.frozen)))
+    return _step_flops(_config_key(config), shape_only, seq_len)
+
+
+def _first_grad_group(plan: TrainingPlan, groups: list[str]) -> int:
+    from fleetsim.training import first_grad_group
+
+    return first_grad_group(plan, groups)
 
 
 def _config_key(config: TinyGPTConfig) -> tuple[int, ...]:
     return (config.vocab_size, config.max_seq_len, config.n_layer, config.n_embd,
-            config.n_head, config.ffn_mult)
+            config.n_head, config.head_size, config.ffn_size)
 
 
 def _config_from_key(key: tuple[int, ...]) -> TinyGPTConfig:
-    vocab, max_seq, n_layer, n_embd, n_head, ffn_mult = key
-    return TinyGPTConfig(vocab_size=vocab, max_seq_len=max_seq, n_layer=n_layer,
-                         n_embd=n_embd, n_head=n_head, ffn_mult=ffn_mult)
+    vocab, max_seq, n_layer, n_embd, n_head, head_size, ffn_size = key
+    return TinyGPTConfig(vocab_size=vocab, max_seq_len=max_seq, n_layer=n_layer, n_embd=n_embd,
+                         n_head=n_head, head_size=head_size, ffn_size=ffn_size)
 
 
-@lru_cache(maxsize=64)
-def _group_param_counts(key: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+@lru_cache(maxsize=256)
+def _param_counts(key: tuple[int, ...], width: float, lora: LoraSpec | None
+                  ) -> tuple[tuple[str, int], ...]:
+    from fleetsim.training import model_for_plan  # training builds on the model, as we do
+
+    config = _config_from_key(key)
+    plan = TrainingPlan(train=(), frozen=(), local_steps=1, batch_size=1, lr=0.0, lora=lora,
+                        width=width)
     with torch.device("meta"):
-        model = TinyGPT(_config_from_key(key))
-    counts = dict.fromkeys(layer_groups(model.config.n_layer), 0)
-    for name, param in model.state_dict().items():
-        counts[group_of(name)] += param.numel()
+        model = model_for_plan(config, plan)
+    counts = dict.fromkeys([*layer_groups(config.n_layer), "lora"], 0)
+    for name, param in model.named_parameters():
+        counts["lora" if "lora_" in name else group_of(name)] += param.numel()
     return tuple(counts.items())
 
 
 @lru_cache(maxsize=1024)
-def _step_flops(key: tuple[int, ...], train: tuple[str, ...], frozen: tuple[str, ...],
-                batch_size: int, seq_len: int) -> float:
-    from fleetsim.training import loss_of_step, prepare_model  # training imports cost
+def _step_flops(key: tuple[int, ...], plan: TrainingPlan, seq_len: int) -> float:
+    from fleetsim.training import loss_of_step, model_for_plan, prepare_model
 
     with torch.device("meta"):
-        model = TinyGPT(_config_from_key(key))
-    plan = TrainingPlan(train=train, frozen=frozen, local_steps=1, batch_size=batch_size, lr=0.0)
+        model = model_for_plan(_config_from_key(key), plan)
     prepare_model(model, plan)
-    tokens = torch.zeros(batch_size, seq_len + 1, dtype=torch.long, device="meta")
+    tokens = torch.zeros(plan.batch_size, seq_len + 1, dtype=torch.long, device="meta")
     with FlopCounterMode(display=False) as counter:
         loss = loss_of_step(model, plan, tokens)
         if loss.requires_grad:
@@ -118,5 +170,36 @@ def _step_flops(key: tuple[int, ...], train: tuple[str, ...], frozen: tuple[str,
     return float(counter.get_total_flops())
 
 
-def optimizer_spec(name: str, momentum: float = 0.0, weight_decay: float = 0.0) -> OptimizerSpec:
-    return OptimizerSpec(name=name, momentum=momentum, weight_decay=weight_decay)  # type: ignore[arg-type]
+def parse_plan(spec: str, config: TinyGPTConfig, batch_size: int,
+               optimizer: OptimizerSpec = OptimizerSpec(), local_steps: int = 1,
+               lr: float = 0.0) -> TrainingPlan:
+    """A plan from a short spec: `full`, `last:N` (the last N blocks and the head),
+    `head`, `lora:R` (rank R on q and v, head trained), `width:S` (sub-model at width S,
+    trained end to end). Raises ValueError for anything else."""
+    groups = tuple(layer_groups(config.n_layer))
+    kind, _, arg = spec.partition(":")
+
+    def plan(train: tuple[str, ...], frozen: tuple[str, ...], lora: LoraSpec | None = None,
+             width: float = 1.0) -> TrainingPlan:
+        return TrainingPlan(train, frozen, local_steps, batch_size, lr, optimizer, lora, width)
+
+    if kind == "full" and not arg:
+        return plan(groups, ())
+    if kind == "head" and not arg:
+        return plan(groups[-1:], groups[:-1])
+    if kind == "last" and arg.isdigit() and 0 <= int(arg) <= config.n_layer:
+        n = int(arg) + 1
+        return plan(groups[-n:], groups[:-n])
+    if kind == "lora" and arg.isdigit() and int(arg) > 0:
+        return plan(groups[-1:], groups[:-1], lora=LoraSpec(rank=int(arg)))
+    if kind == "width" and _is_fraction(arg):
+        return plan(groups, (), width=float(arg))
+    raise ValueError(f"bad plan {spec!r}: use full, head, last:N (0..{config.n_layer}), "
+                     "lora:R or width:S (0 < S <= 1)")
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        return 0 < float(text) <= 1
+    except ValueError:
+        return False

@@ -35,24 +35,35 @@ class TinyGPTConfig(PretrainedConfig):
         vocab_size: int = VOCAB_SIZE,
         max_seq_len: int = 128,  # longest input the position table covers
         n_layer: int = 4,
-        n_embd: int = 128,  # residual width
-        n_head: int = 4,  # head_dim = n_embd // n_head
-        ffn_mult: int = 4,  # FFN hidden units = ffn_mult * n_embd
+        n_embd: int = 128,  # residual width (never sliced)
+        n_head: int = 4,
+        head_size: int | None = None,  # default n_embd // n_head; fixed when heads are sliced
+        ffn_size: int | None = None,  # FFN hidden units, default 4 * n_embd
         **kwargs: Any,
     ) -> None:
-        if n_embd % n_head:
+        if head_size is None and n_embd % n_head:
             raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
         self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
-        self.n_layer, self.n_embd, self.n_head, self.ffn_mult = n_layer, n_embd, n_head, ffn_mult
+        self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
+        self.head_size = head_size or n_embd // n_head
+        self.ffn_size = ffn_size or 4 * n_embd
         super().__init__(**kwargs)
 
     @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    def attn_size(self) -> int:
+        """Width of q, k and v: heads x head size."""
+        return self.n_head * self.head_size
 
-    @property
-    def ffn_hidden(self) -> int:
-        return self.ffn_mult * self.n_embd
+
+def width_config(config: TinyGPTConfig, width: float) -> TinyGPTConfig:
+    """The sub-model at width fraction `width`: floor(width * C) heads and FFN units per
+    block (at least one), with the residual width and the output layer kept full."""
+    if width == 1.0:
+        return config
+    return TinyGPTConfig(
+        vocab_size=config.vocab_size, max_seq_len=config.max_seq_len, n_layer=config.n_layer,
+        n_embd=config.n_embd, n_head=max(1, int(width * config.n_head)),
+        head_size=config.head_size, ffn_size=max(1, int(width * config.ffn_size)))
 
 
 class Attention(nn.Module):
@@ -61,8 +72,8 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: TinyGPTConfig) -> None:
         super().__init__()
-        d, inner = cfg.n_embd, cfg.n_head * cfg.head_dim
-        self.head_dim = cfg.head_dim
+        d, inner = cfg.n_embd, cfg.attn_size
+        self.head_size = cfg.head_size
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, inner) for _ in range(3))
         self.o_proj = nn.Linear(inner, d)
 
@@ -70,10 +81,10 @@ class Attention(nn.Module):
         b, t, _ = x.shape  # (batch, time, n_embd)
 
         def heads(proj: nn.Module) -> torch.Tensor:  # (b, heads, t, head_dim)
-            return proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            return proj(x).view(b, t, -1, self.head_size).transpose(1, 2)
 
         q, k, v = heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
-        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (b, heads, t, t)
+        scores = (q @ k.transpose(-2, -1)) * self.head_size**-0.5  # (b, heads, t, t)
         future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
         y = scores.softmax(dim=-1) @ v  # (b, heads, t, head_dim)
@@ -83,8 +94,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: TinyGPTConfig) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn_hidden)
-        self.fc_out = nn.Linear(cfg.ffn_hidden, cfg.n_embd)
+        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn_size)
+        self.fc_out = nn.Linear(cfg.ffn_size, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_out(F.gelu(self.fc_in(x)))

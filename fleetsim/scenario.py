@@ -110,6 +110,8 @@ class WorkersConfig(Strict):
     backend: Literal["ray", "local"] = "ray"
     address: str | None = None
     threads_per_host: int = Field(default=1, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    gpus_per_host: float = Field(default=0.0, ge=0, le=8, description="Ray GPU fraction")
 
 
 class EvalConfig(Strict):

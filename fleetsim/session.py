@@ -16,7 +16,7 @@ from fleetsim.clock import Clock
 from fleetsim.cost import group_param_counts
 from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
-from fleetsim.fleet import Fleet
+from fleetsim.fleet import MIB, Fleet
 from fleetsim.metrics import RunWriter
 from fleetsim.model import ZOO, layer_groups
 from fleetsim.policy import Policy
@@ -30,10 +30,12 @@ from fleetsim.types import (
     SetupContext,
     TrainingDefaults,
 )
-from fleetsim.workers import HostPool
+from fleetsim.workers import HostOptions, HostPool
 from policies import create_policy
 
 log = logging.getLogger(__name__)
+# The RLIMIT_DATA safety net sits this far above a host's largest device budget.
+RLIMIT_HEADROOM_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,10 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
                           f" known: {', '.join(ZOO)}")
     config = ZOO[choice.model_name].config
     state = load_pretrained(choice.model_name, observer.on_pretrain)
-    info = ModelInfo(choice.model_name, config.n_layer, tuple(layer_groups(config.n_layer)),
-                     group_param_counts(config), config)
+    groups = tuple(layer_groups(config.n_layer))
+    counts = group_param_counts(config)
+    info = ModelInfo(choice.model_name, config.n_layer, groups, {g: counts[g] for g in groups},
+                     config)
     pool = start_pool(scenario, config, data)
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
@@ -139,8 +143,11 @@ def load_data(scenario: Scenario, source: Path) -> FederatedData:
 def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:
     workers = scenario.workers
     windows = [c.train for c in data.clients]
+    largest_cap = max(p.memory_mb for p in scenario.device_classes.values()) * MIB
+    options = HostOptions(threads=workers.threads_per_host, device=workers.device,
+                          rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
     if workers.backend == "local":
-        return HostPool.start("local", 1, config, windows, workers.threads_per_host)
+        return HostPool.start("local", 1, config, windows, options)
     import ray
 
     if not ray.is_initialized():
@@ -150,7 +157,7 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool
         count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
     else:
         count = workers.count
-    return HostPool.start("ray", count, config, windows, workers.threads_per_host)
+    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host)
 
 
 def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:

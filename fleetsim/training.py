@@ -7,22 +7,36 @@ time and the real training are of one and the same computation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from fleetsim.model import TinyGPT, group_of, layer_groups
+from fleetsim.model import TinyGPT, TinyGPTConfig, group_of, layer_groups, width_config
 from fleetsim.types import ModelState, TrainingPlan
 
 
+def model_for_plan(config: TinyGPTConfig, plan: TrainingPlan) -> TinyGPT:
+    """A fresh model shaped for the plan: the sub-model for `width` < 1, with peft's LoRA
+    adapters injected for a LoRA plan. Built on the current default device."""
+    model = TinyGPT(width_config(config, plan.width))
+    if plan.lora is not None:
+        lora = LoraConfig(r=plan.lora.rank, lora_alpha=plan.lora.alpha,
+                          target_modules=list(plan.lora.targets), lora_dropout=0.0)
+        inject_adapter_in_model(lora, model)
+    return model
+
+
 def prepare_model(model: TinyGPT, plan: TrainingPlan) -> None:
-    """Only the plan's trained groups require gradients."""
+    """Only the plan's trained groups (and LoRA adapters) require gradients."""
     trained = set(plan.train)
     for name, param in model.named_parameters():
-        param.requires_grad_(group_of(name) in trained)
+        param.requires_grad_(group_of(name) in trained or "lora_" in name)
 
 
 def loss_of_step(model: TinyGPT, plan: TrainingPlan, tokens: torch.Tensor) -> torch.Tensor:
@@ -31,15 +45,29 @@ def loss_of_step(model: TinyGPT, plan: TrainingPlan, tokens: torch.Tensor) -> to
     Groups before the first trained one run under no_grad (nothing is saved for backward);
     left-out blocks are skipped (identity)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    present = set(plan.train) | set(plan.frozen)
-    groups = [g for g in layer_groups(model.config.n_layer) if g in present]
-    first_trained = min((groups.index(g) for g in plan.train), default=len(groups))
+    groups = present_groups(plan, model.config.n_layer)
+    first_trained = first_grad_group(plan, groups)
     x: torch.Tensor | None = None
     for i, group in enumerate(groups):
         with torch.set_grad_enabled(i >= first_trained):
             x = _run_group(model, group, inputs if x is None else x)
     assert x is not None
     return F.cross_entropy(x.flatten(0, 1), targets.flatten())
+
+
+def present_groups(plan: TrainingPlan, n_layer: int) -> list[str]:
+    """The groups a plan runs, in forward order."""
+    present = set(plan.train) | set(plan.frozen)
+    return [g for g in layer_groups(n_layer) if g in present]
+
+
+def first_grad_group(plan: TrainingPlan, groups: list[str]) -> int:
+    """Index of the first group that needs gradients: the first trained group, or the
+    first block when LoRA adapters sit in every block. Everything before runs no_grad."""
+    starts = [groups.index(g) for g in plan.train]
+    if plan.lora is not None:
+        starts += [i for i, g in enumerate(groups) if g.startswith("block.")][:1]
+    return min(starts, default=len(groups))
 
 
 def _run_group(model: TinyGPT, group: str, x: torch.Tensor) -> torch.Tensor:
@@ -60,29 +88,37 @@ def make_optimizer(model: TinyGPT, plan: TrainingPlan) -> torch.optim.Optimizer:
                            weight_decay=spec.weight_decay)
 
 
-def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray,
-                seed: int) -> tuple[float, float]:
+# A step's allocations repeat exactly once the optimizer state exists (same ops, same
+# shapes), so metering the first two steps enforces the cap for all of them.
+METERED_STEPS = 2
+
+
+def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: int,
+                meter: AbstractContextManager[Any] | None = None) -> tuple[float, float]:
     """Run the plan's local steps on `windows` (n, seq_len + 1).
 
     Returns (mean loss, FLOPs). Batches are drawn by a generator seeded per device and
     round, so the result does not depend on which host runs it. FLOPs are counted by
-    torch's flop counter on the first step (every step has the same shapes) and scaled,
-    which keeps the counter's dispatch overhead off the other steps."""
+    torch's flop counter on the first step (every step has the same shapes) and scaled.
+    `meter` (a MemoryMeter) is active over the first METERED_STEPS steps, which keeps its
+    dispatch overhead off the rest."""
     prepare_model(model, plan)
     model.train()
     optimizer = make_optimizer(model, plan)
     rng = np.random.default_rng(seed)
-    data = torch.from_numpy(windows.astype(np.int64))
+    device = next(model.parameters()).device
+    data = torch.from_numpy(windows.astype(np.int64)).to(device)
     total, step_flops = 0.0, 0
     for step in range(plan.local_steps):
-        batch = data[rng.integers(0, len(data), size=plan.batch_size)]
-        with FlopCounterMode(display=False) if step == 0 else nullcontext() as counter:
-            loss = loss_of_step(model, plan, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        if counter is not None:
-            step_flops = counter.get_total_flops()
-        optimizer.step()
+        with meter if meter is not None and step < METERED_STEPS else nullcontext():
+            batch = data[rng.integers(0, len(data), size=plan.batch_size)]
+            optimizer.zero_grad(set_to_none=True)  # free last step's gradients first
+            with FlopCounterMode(display=False) if step == 0 else nullcontext() as counter:
+                loss = loss_of_step(model, plan, batch)
+                loss.backward()
+            if counter is not None:
+                step_flops = counter.get_total_flops()
+            optimizer.step()
         total += loss.item()
     return total / plan.local_steps, float(step_flops * plan.local_steps)
 
@@ -91,18 +127,18 @@ def load_state(model: TinyGPT, state: ModelState) -> None:
     """Copy a global state (numpy float32 arrays) into the model in place."""
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            tensor.copy_(torch.from_numpy(np.asarray(state[name])))
+            tensor.copy_(torch.from_numpy(np.asarray(state[name])).to(tensor.device))
 
 
 def export_groups(model: TinyGPT, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The trained tensors to upload, as float32 numpy copies."""
     wanted = set(groups)
-    return {name: t.detach().numpy().copy() for name, t in model.state_dict().items()
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()
             if group_of(name) in wanted}
 
 
 def model_state(model: TinyGPT) -> dict[str, np.ndarray]:
-    return {name: t.detach().numpy().copy() for name, t in model.state_dict().items()}
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
 
 
 @torch.no_grad()
@@ -113,6 +149,7 @@ def evaluate(model: TinyGPT, windows: np.ndarray, batch_size: int = 64) -> Mappi
     loss_sum = 0.0
     for start in range(0, len(windows), batch_size):
         tokens = torch.from_numpy(windows[start:start + batch_size].astype(np.int64))
+        tokens = tokens.to(next(model.parameters()).device)
         logits = model(tokens[:, :-1]).logits
         targets = tokens[:, 1:]
         loss_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
@@ -120,3 +157,19 @@ def evaluate(model: TinyGPT, windows: np.ndarray, batch_size: int = 64) -> Mappi
         correct += int((logits.argmax(-1) == targets).sum())
         positions += targets.numel()
     return {"accuracy": correct / max(positions, 1), "loss": loss_sum / max(positions, 1)}
+
+
+def measure_step(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int,
+                 steps: int = 2) -> tuple[int, float]:
+    """Measured (peak live bytes, FLOPs per step) of the plan on random tokens: `steps`
+    steps so the optimizer state is there, as it is in a device's later steps."""
+    from fleetsim.memory import MemoryMeter
+
+    torch.manual_seed(0)
+    model = model_for_plan(config, plan)
+    windows = np.random.default_rng(0).integers(0, config.vocab_size,
+                                                (plan.batch_size, seq_len + 1))
+    meter = MemoryMeter(resident=model.state_dict().values())
+    _, flops = train_local(model, replace(plan, local_steps=steps), windows.astype(np.uint8),
+                           seed=0, meter=meter)
+    return meter.peak_bytes, flops / steps

@@ -47,11 +47,22 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters (through peft) on the named linear layers of every block."""
+
+    rank: int
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    alpha: int = 16
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     """What one device does this round.
 
     `train` groups get gradients and are uploaded; `frozen` groups run forward only;
     groups in neither are left out. Group names are those of `fleetsim.model.layer_groups`.
+    With `lora`, adapters on the frozen blocks train too (and are uploaded). With
+    `width` < 1 the device trains the sub-model of that width (see `width_config`).
     """
 
     train: tuple[str, ...]
@@ -60,6 +71,8 @@ class TrainingPlan:
     batch_size: int
     lr: float
     optimizer: OptimizerSpec = OptimizerSpec()
+    lora: LoraSpec | None = None
+    width: float = 1.0
 
 
 @dataclass(frozen=True)

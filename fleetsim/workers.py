@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,35 +45,64 @@ class JobResult:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class HostOptions:
+    threads: int = 1  # torch threads per host: fixed, so results do not depend on the pool
+    device: str = "cpu"  # "cuda": train on the GPU under a per-process memory fraction
+    rlimit_margin_bytes: int | None = None  # RLIMIT_DATA safety net (Ray hosts only)
+
+
 class DeviceHost:
-    """Emulates devices one at a time; used in-process or as a Ray actor."""
+    """Emulates devices one at a time, each under its memory cap; used in-process or
+    inside a Ray actor. The model and the fleet's data are built once per host."""
 
     def __init__(self, host_id: str, model_config: Any, train_windows: Sequence[np.ndarray],
-                 threads: int = 1) -> None:
+                 options: HostOptions = HostOptions()) -> None:
         import torch
 
+        from fleetsim.memory import limit_process_data
         from fleetsim.model import TinyGPT
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(options.threads)
         self.host = f"{socket.gethostname()}/{host_id}/pid{os.getpid()}"
-        self.model = TinyGPT(model_config)
+        self.device = torch.device(options.device)
+        self.model = TinyGPT(model_config).to(self.device)  # type: ignore[arg-type]
         self.train_windows = train_windows
+        if options.rlimit_margin_bytes is not None:
+            limit_process_data(options.rlimit_margin_bytes)
 
     def train(self, job: Job, state: ModelState) -> JobResult:
-        from fleetsim.cost import predict_peak_bytes
-        from fleetsim.training import export_groups, load_state, train_local
+        from fleetsim.errors import DeviceOOM
+        from fleetsim.training import export_groups, load_state
 
         load_state(self.model, state)
         windows = self.train_windows[job.device_id]
+        self.model.zero_grad(set_to_none=True)  # nothing of the previous device stays
         try:
-            loss, flops = train_local(self.model, job.plan, windows, job.seed)
+            loss, flops, peak = self._train_capped(job, windows)
+        except DeviceOOM as oom:  # the device ran out of memory: its update is lost
+            return JobResult(job.device_id, "oom", None, None, oom.requested_bytes, 0.0,
+                             self.host, str(oom))
         except Exception as err:  # a device that crashes loses its update, the run goes on
             log.exception("device %d failed on %s", job.device_id, self.host)
             return JobResult(job.device_id, "failed", None, None, 0, 0.0, self.host, repr(err))
         update = Update(job.device_id, float(len(windows)),
                         export_groups(self.model, job.plan.train))
-        peak = predict_peak_bytes(self.model.config, job.plan, windows.shape[1] - 1)
         return JobResult(job.device_id, "ok", update, loss, peak, flops, self.host)
+
+    def _train_capped(self, job: Job, windows: np.ndarray) -> tuple[float, float, int]:
+        """Train under the device's cap: on CPU the exact MemoryMeter, on CUDA the
+        allocator's limit. Returns (loss, FLOPs, peak bytes); raises DeviceOOM."""
+        from fleetsim.memory import CudaMemoryCap, MemoryMeter
+        from fleetsim.training import train_local
+
+        if self.device.type == "cuda":
+            with CudaMemoryCap(job.mem_cap_bytes, self.device) as cap:
+                loss, flops = train_local(self.model, job.plan, windows, job.seed)
+            return loss, flops, cap.peak_bytes
+        meter = MemoryMeter(job.mem_cap_bytes, resident=self.model.state_dict().values())
+        loss, flops = train_local(self.model, job.plan, windows, job.seed, meter=meter)
+        return loss, flops, meter.peak_bytes
 
     def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
         from fleetsim.training import evaluate, load_state
@@ -108,14 +137,17 @@ class HostPool:
 
     @classmethod
     def start(cls, backend: str, count: int, model_config: Any,
-              train_windows: Sequence[np.ndarray], threads: int) -> HostPool:
+              train_windows: Sequence[np.ndarray], options: HostOptions,
+              gpus_per_host: float = 0.0) -> HostPool:
         if backend == "local":
-            return cls([DeviceHost("local", model_config, train_windows, threads)], use_ray=False)
+            local = replace(options, rlimit_margin_bytes=None)  # never limit the driver
+            return cls([DeviceHost("local", model_config, train_windows, local)], use_ray=False)
         import ray
 
-        remote_host = ray.remote(num_cpus=threads)(AsyncDeviceHost)
+        remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host)(
+            AsyncDeviceHost)
         windows_ref = ray.put(list(train_windows))
-        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, threads)
+        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options)
                  for i in range(count)]
         return cls(hosts, use_ray=True)
 

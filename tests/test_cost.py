@@ -1,67 +1,129 @@
-"""The cost model: FLOPs counted on meta tensors, exact bytes, memory ordering."""
+"""The cost model: FLOPs counted on meta tensors, exact bytes, and predicted peak memory
+held to the measured peak over every zoo model x plan kind x optimizer."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from fleetsim.cost import estimate_cost, group_param_counts, predict_peak_bytes, step_flops
-from fleetsim.model import ZOO, TinyGPT, layer_groups
-from fleetsim.training import train_local
-from fleetsim.types import OptimizerSpec, TrainingPlan
+from fleetsim.cost import (
+    download_bytes,
+    group_param_counts,
+    parse_plan,
+    predict_peak_bytes,
+    step_flops,
+    upload_bytes,
+)
+from fleetsim.model import ZOO, TinyGPT
+from fleetsim.training import measure_step, model_for_plan, train_local
+from fleetsim.types import OptimizerSpec
 
 CFG = ZOO["gpt-2x64"].config
-GROUPS = tuple(layer_groups(CFG.n_layer))
-SGD = OptimizerSpec()
+PLAN_KINDS = ("full", "last:1", "head", "lora:8", "width:0.5")
+OPTIMIZERS = {"sgd": OptimizerSpec("sgd"), "momentum": OptimizerSpec("sgd", momentum=0.9),
+              "adam": OptimizerSpec("adam")}
+TOLERANCE = 0.10  # the issue's bound; measured worst is about 3% (benchmarks/cost_error.py)
 
 
-def plan(train: tuple[str, ...], frozen: tuple[str, ...] = (), batch: int = 4,
-         optimizer: OptimizerSpec = SGD) -> TrainingPlan:
-    return TrainingPlan(train=train, frozen=frozen, local_steps=3, batch_size=batch, lr=0.1,
-                        optimizer=optimizer)
+@pytest.mark.parametrize("model", list(ZOO))
+@pytest.mark.parametrize("spec", PLAN_KINDS)
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_predicted_peak_within_tolerance_of_measured(model: str, spec: str,
+                                                     optimizer: str) -> None:
+    config = ZOO[model].config
+    plan = parse_plan(spec, config, batch_size=6, optimizer=OPTIMIZERS[optimizer])
+    measured, flops = measure_step(config, plan, seq_len=40)
+    predicted = predict_peak_bytes(config, plan, seq_len=40)
+    assert abs(predicted / measured - 1) <= TOLERANCE, (predicted, measured)
+    assert flops == pytest.approx(step_flops(config, plan, seq_len=40))
 
 
 def test_group_counts_sum_to_model_parameters() -> None:
-    model = TinyGPT(CFG)
-    assert sum(group_param_counts(CFG).values()) == sum(p.numel() for p in model.parameters())
+    for spec in PLAN_KINDS:
+        plan = parse_plan(spec, CFG, batch_size=4)
+        model = model_for_plan(CFG, plan)
+        counted = sum(group_param_counts(CFG, plan).values())
+        assert counted == sum(p.numel() for p in model.parameters()), spec
 
 
 def test_bytes_are_exact_float32_sizes() -> None:
     counts = group_param_counts(CFG)
-    cost = estimate_cost(CFG, plan(("head",), GROUPS[:-1]), seq_len=16)
-    assert cost.upload_bytes == 4 * counts["head"]
-    assert cost.download_bytes == 4 * sum(counts.values())
+    head = parse_plan("head", CFG, 4)
+    assert upload_bytes(CFG, head) == 4 * counts["head"]
+    assert download_bytes(CFG, head) == 4 * sum(counts.values())
+    lora = parse_plan("lora:4", CFG, 4)
+    adapters = group_param_counts(CFG, lora)["lora"]
+    assert adapters == CFG.n_layer * 2 * 4 * (CFG.n_embd + CFG.attn_size)  # q and v: A and B
+    assert upload_bytes(CFG, lora) == 4 * (counts["head"] + adapters)
+    narrow = parse_plan("width:0.5", CFG, 4)
+    assert upload_bytes(CFG, narrow) < upload_bytes(CFG, parse_plan("full", CFG, 4))
 
 
 def test_flops_match_a_hand_count_for_the_head() -> None:
-    # head only: forward of everything; backward through lm_head: its weight gradient and,
-    # because ln_f's weights train too, the gradient of its input: two more matmuls
+    # head only: the forward of everything, then backward through lm_head: its weight
+    # gradient and, because ln_f's weights train too, its input gradient: two matmuls
     b, t = 4, 16
-    full_fwd = step_flops(CFG, (), GROUPS, b, t)
-    head = step_flops(CFG, ("head",), GROUPS[:-1], b, t)
+    head = parse_plan("head", CFG, b)
+    forward_only = replace(head, train=(), frozen=(*head.frozen, *head.train))
     lm_head_matmul = 2 * b * t * CFG.n_embd * CFG.vocab_size
-    assert head - full_fwd == 2 * lm_head_matmul
+    assert step_flops(CFG, head, t) - step_flops(CFG, forward_only, t) == 2 * lm_head_matmul
 
 
-def test_training_more_groups_costs_more() -> None:
-    flops = [step_flops(CFG, GROUPS[-k:], GROUPS[:-k], 4, 16) for k in range(1, len(GROUPS))]
-    assert flops == sorted(flops) and len(set(flops)) == len(flops)  # head, +1 block, ...
-    mems = [predict_peak_bytes(CFG, plan(GROUPS[-k:], GROUPS[:-k]), 16)
-            for k in range(1, len(GROUPS) + 1)]
+def test_training_more_blocks_costs_more() -> None:
+    plans = [parse_plan(f"last:{n}", CFG, 4) for n in range(CFG.n_layer + 1)]
+    flops = [step_flops(CFG, p, 16) for p in plans]
+    mems = [predict_peak_bytes(CFG, p, 16) for p in plans]
+    assert flops == sorted(flops) and len(set(flops)) == len(flops)
     assert mems == sorted(mems)
 
 
-def test_adam_needs_more_memory_than_sgd() -> None:
-    sgd = predict_peak_bytes(CFG, plan(GROUPS), 16)
-    adam = predict_peak_bytes(CFG, plan(GROUPS, optimizer=OptimizerSpec("adam")), 16)
+def test_adam_needs_two_slots_more_than_sgd() -> None:
+    sgd = predict_peak_bytes(CFG, parse_plan("full", CFG, 4), 16)
+    adam = predict_peak_bytes(CFG, parse_plan("full", CFG, 4, OPTIMIZERS["adam"]), 16)
     assert adam - sgd == 2 * 4 * sum(group_param_counts(CFG).values())
 
 
 def test_measured_flops_equal_counted_flops() -> None:
     """What a host measures while training is what the clock was told."""
     torch.manual_seed(0)
-    p = plan(GROUPS[-2:], GROUPS[:-2])
+    plan = parse_plan("last:1", CFG, 4, local_steps=3)
     windows = np.random.default_rng(0).integers(0, 90, (10, 17)).astype(np.uint8)
-    _, measured = train_local(TinyGPT(CFG), p, windows, seed=0)
-    assert measured == pytest.approx(3 * step_flops(CFG, p.train, p.frozen, 4, 16))
+    _, measured = train_local(TinyGPT(CFG), plan, windows, seed=0)
+    assert measured == pytest.approx(3 * step_flops(CFG, plan, 16))
+
+
+@pytest.mark.parametrize("spec", ["", "last", "last:9", "lora:0", "width:0", "width:1.5",
+                                  "width:x", "head:2", "fullx"])
+def test_bad_plan_specs(spec: str) -> None:
+    with pytest.raises(ValueError, match="bad plan"):
+        parse_plan(spec, CFG, 4)
+
+
+def test_cost_command_prints_one_json_object(capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from fleetsim.cli import main
+
+    assert main(["cost", "--model", "gpt-2x64", "--plan", "last:1", "--batch", "4",
+                 "--seq", "16", "--optimizer", "adam"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    plan = parse_plan("last:1", CFG, 4, OPTIMIZERS["adam"])
+    assert result["predicted_peak_bytes"] == predict_peak_bytes(CFG, plan, 16)
+    assert abs(result["measured_peak_bytes"] / result["predicted_peak_bytes"] - 1) < TOLERANCE
+    assert result["flops_per_step"] == step_flops(CFG, plan, 16)
+    assert result["upload_bytes"] == upload_bytes(CFG, plan)
+    assert result["download_bytes"] == download_bytes(CFG, plan)
+
+
+@pytest.mark.parametrize("args", [["--model", "gpt-9x9", "--plan", "full"],
+                                  ["--model", "gpt-2x64", "--plan", "lora:x"],
+                                  ["--model", "gpt-2x64", "--plan", "full", "--seq", "500"]])
+def test_cost_command_bad_input(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    from fleetsim.cli import main
+
+    assert main(["cost", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fleetsim: fleetsim cost: --")
