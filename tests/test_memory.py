@@ -140,3 +140,22 @@ def test_metering_two_steps_sees_the_peak_of_every_step(spec: str,
         return meter.peak_bytes
 
     assert peak(2) == peak(5)
+
+
+def test_rlimit_safety_net_stops_a_runaway_process() -> None:
+    """Hosts run under RLIMIT_DATA: an allocation far past it fails instead of swapping."""
+    import subprocess
+    import sys
+
+    code = ("from fleetsim.memory import limit_process_data\n"
+            "import numpy as np\n"
+            "assert limit_process_data(64 << 20)\n"
+            "small = np.ones(8 << 20, np.uint8)\n"
+            "try:\n"
+            "    np.ones(512 << 20, np.uint8)\n"
+            "except MemoryError:\n"
+            "    print('stopped')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
