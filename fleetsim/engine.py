@@ -68,8 +68,9 @@ async def play_round(run: Run, r: int, state: ModelState,
     select_rng, policy_rng, clock_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([run.scenario.seed, r]).spawn(3))
     now = run.clock.now_s
+    sel = run.scenario.selection
     ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, now), run.model,
-                       run.training_for(r), previous, policy_rng)
+                       run.training_for(r), sel.deadline_s, previous, policy_rng)
     plans = dict(sorted(run.policy.plan_round(ctx).items()))
     costs = {d: estimate_cost(run.model.config, plan, ctx.training.seq_len)
              for d, plan in plans.items()}
@@ -77,7 +78,6 @@ async def play_round(run: Run, r: int, state: ModelState,
     jobs = [ClockJob(d, c.download_bytes, c.upload_bytes, c.flops_per_step * plans[d].local_steps,
                      devices[d].flops_per_s, devices[d].downlink_bps, devices[d].uplink_bps,
                      devices[d].latency_s, devices[d].compute_jitter) for d, c in costs.items()]
-    sel = run.scenario.selection
     timing = run.clock.run_round(jobs, keep=sel.devices_per_round, deadline_s=sel.deadline_s,
                                  rng=clock_rng)
     train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from fleetsim.cost import predict_peak_bytes, step_flops, upload_bytes
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -55,3 +56,47 @@ def make_plan(device: DeviceState, training: TrainingDefaults, train: tuple[str,
     return TrainingPlan(train=train, frozen=frozen, local_steps=local_steps(device, training),
                         batch_size=training.batch_size, lr=training.lr,
                         optimizer=training.optimizer)
+
+
+def last_blocks_plan(device: DeviceState, training: TrainingDefaults, groups: tuple[str, ...],
+                     n: int) -> TrainingPlan:
+    """Train the last `n` blocks and the head; the embeddings too when `n` is every
+    block (CAFF's rule). Everything before runs frozen."""
+    n_blocks = sum(g.startswith("block.") for g in groups)
+    trained = len(groups) if n >= n_blocks else n + 1
+    return make_plan(device, training, train=groups[-trained:], frozen=groups[:-trained])
+
+
+def within_budgets(config: Any, plan: TrainingPlan, device: DeviceState,
+                   training: TrainingDefaults, budget_s: float | None) -> bool:
+    """The plan fits the device: its predicted peak memory, and, given a round's time
+    budget, its upload (uplink x budget) and compute (FLOP rate x budget) budgets."""
+    if predict_peak_bytes(config, plan, training.seq_len) > device.memory_bytes:
+        return False
+    if budget_s is None:
+        return True
+    upload_ok = 8 * upload_bytes(config, plan) <= device.uplink_bps * budget_s
+    flops = step_flops(config, plan, training.seq_len) * plan.local_steps
+    return upload_ok and flops <= device.flops_per_s * budget_s
+
+
+def most_blocks(config: Any, device: DeviceState, training: TrainingDefaults,
+                groups: tuple[str, ...], budget_s: float | None) -> int | None:
+    """The largest n (trained final blocks) whose plan fits the device; None if not even
+    the head alone fits. Costs grow with n, so this walks down from all blocks."""
+    n_blocks = sum(g.startswith("block.") for g in groups)
+    for n in range(n_blocks, -1, -1):
+        plan = last_blocks_plan(device, training, groups, n)
+        if within_budgets(config, plan, device, training, budget_s):
+            return n
+    return None
+
+
+def plan_full_where_it_fits(ctx: RoundContext) -> dict[DeviceId, TrainingPlan]:
+    """Full finetuning for every device whose memory holds it; the rest sit out."""
+    plans = {}
+    for device in ctx.devices:
+        plan = make_plan(device, ctx.training, train=ctx.model.groups)
+        if within_budgets(ctx.model.config, plan, device, ctx.training, budget_s=None):
+            plans[device.device_id] = plan
+    return plans

@@ -105,12 +105,12 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     fleet = Fleet(device_profiles(scenario), [len(c.train) for c in data.clients])
     try:
         policy = create_policy(scenario.policy.name, dict(scenario.policy.params))
-    except (LookupError, TypeError) as err:
+    except (LookupError, TypeError, ValueError) as err:  # unknown name or bad params
         raise ConfigError(setup.source, "policy", str(err)) from None
     defaults = training_defaults(scenario, 0)
     devices = tuple(fleet.state(i, 0.0) for i in range(len(fleet)))
     choice = policy.setup(SetupContext(devices, scenario.model.name, defaults,
-                                       dict(scenario.policy.params)))
+                                       scenario.selection.deadline_s))
     if choice.model_name not in ZOO:
         raise ConfigError(setup.source, "model.name", f"unknown zoo model {choice.model_name!r};"
                           f" known: {', '.join(ZOO)}")

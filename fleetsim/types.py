@@ -114,10 +114,10 @@ class TrainingDefaults:
 
 @dataclass(frozen=True)
 class SetupContext:
-    devices: tuple[DeviceState, ...]
-    model_name: str
+    devices: tuple[DeviceState, ...]  # the whole fleet, constraints at time 0
+    model_name: str  # the scenario's model
     training: TrainingDefaults
-    params: Mapping[str, Any]
+    deadline_s: float  # a round's deadline: the time budget of a device's round
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class RoundContext:
     devices: tuple[DeviceState, ...]  # selected this round, constraints as of now
     model: ModelInfo
     training: TrainingDefaults
+    deadline_s: float
     previous: RoundRecord | None
     rng: np.random.Generator
 

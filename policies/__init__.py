@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 _REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = ("policies.fedavg",)
+_BUILTIN_MODULES = ("policies.caff", "policies.fedavg", "policies.layer_freezing",
+                    "policies.small_model")
 
 
 def register(cls: type) -> type:

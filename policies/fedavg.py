@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from fleetsim.aggregate import masked_mean
-from fleetsim.cost import predict_peak_bytes
-from fleetsim.policy import make_plan
+from fleetsim.policy import plan_full_where_it_fits
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
@@ -31,13 +30,7 @@ class FedAvg:
         return ModelChoice(model_name=ctx.model_name)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        plans = {}
-        for device in ctx.devices:
-            plan = make_plan(device, ctx.training, train=ctx.model.groups)
-            if predict_peak_bytes(ctx.model.config, plan, ctx.training.seq_len) \
-                    <= device.memory_bytes:
-                plans[device.device_id] = plan
-        return plans
+        return plan_full_where_it_fits(ctx)
 
     def aggregate(self, ctx: RoundContext, state: ModelState,
                   updates: Sequence[Update]) -> ModelState:

@@ -117,3 +117,34 @@ def test_fleet_larger_than_the_corpus_is_bad_input(tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{scenario}: fleet: " in err[0] and "5000 clients" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_caff_plans_per_device_in_a_real_run(tmp_path: Path) -> None:
+    source = tmp_path / "caff.yaml"
+    source.write_text("""
+name: caff-small
+rounds: 2
+model: {name: gpt-2x64}
+fleet:
+  - {class: phone_low, count: 2, overrides: {memory_mb: 4}}
+  - {class: phone_low, count: 2, overrides: {memory_mb: 7}}
+  - {class: phone_mid, count: 2}
+selection: {devices_per_round: 6, deadline_s: 100000}
+training: {local_steps: 2, batch_size: 8}
+policy: {name: caff, params: {models: [gpt-2x64]}}
+workers: {backend: local}
+eval: {every: 2, max_samples: 50}
+""")
+    scenario = load_scenario(source)
+    out = tmp_path / "out"
+    with (tmp_path / "log").open("w") as log:
+        asyncio.run(run_scenario(RunSetup(scenario, source), out, PlainObserver(out, log)))
+    records = read_jsonl(out / "devices.jsonl")
+    by_cap: dict[int, set[str]] = {}
+    for r in records:
+        by_cap.setdefault(r["mem_cap_bytes"], set()).add(r["plan"])
+    assert len(by_cap) == 3 and all(len(plans) == 1 for plans in by_cap.values())
+    plans = [next(iter(by_cap[cap])) for cap in sorted(by_cap)]
+    assert len(set(plans)) == 3  # weaker devices train fewer final blocks
+    assert all(r["status"] == "ok" and r["peak_mem_bytes"] <= r["mem_cap_bytes"]
+               for r in records)

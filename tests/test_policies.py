@@ -31,7 +31,8 @@ def device(device_id: int, memory_bytes: int, examples: int = 20) -> DeviceState
 def context(devices: tuple[DeviceState, ...]) -> RoundContext:
     model = ModelInfo("gpt-2x64", CFG.n_layer, tuple(layer_groups(CFG.n_layer)),
                       group_param_counts(CFG), CFG)
-    return RoundContext(0, 5, 0.0, devices, model, TRAINING, None, np.random.default_rng(0))
+    return RoundContext(0, 5, 0.0, devices, model, TRAINING, 600.0, None,
+                        np.random.default_rng(0))
 
 
 def test_registry_holds_fedavg() -> None:

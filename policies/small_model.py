@@ -1,0 +1,44 @@
+"""The small-model baseline: every device trains, end to end, the largest zoo model that
+the weakest device of the fleet can train (chosen once, from memory alone)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from fleetsim.aggregate import masked_mean
+from fleetsim.cost import group_param_counts, predict_peak_bytes
+from fleetsim.model import ZOO, layer_groups
+from fleetsim.policy import make_plan, plan_full_where_it_fits
+from fleetsim.types import (
+    DeviceId,
+    ModelChoice,
+    ModelState,
+    RoundContext,
+    SetupContext,
+    TrainingPlan,
+    Update,
+)
+from policies import register
+
+
+@register
+class SmallModel:
+    name = "small_model"
+
+    def setup(self, ctx: SetupContext) -> ModelChoice:
+        weakest = min(ctx.devices, key=lambda d: d.memory_bytes)
+        by_size = sorted(ZOO, key=lambda n: sum(group_param_counts(ZOO[n].config).values()))
+        chosen = by_size[0]  # the smallest, if nothing fits: its devices will sit out
+        for name in by_size:
+            config = ZOO[name].config
+            plan = make_plan(weakest, ctx.training, train=tuple(layer_groups(config.n_layer)))
+            if predict_peak_bytes(config, plan, ctx.training.seq_len) <= weakest.memory_bytes:
+                chosen = name
+        return ModelChoice(chosen)
+
+    def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
+        return plan_full_where_it_fits(ctx)
+
+    def aggregate(self, ctx: RoundContext, state: ModelState,
+                  updates: Sequence[Update]) -> ModelState:
+        return masked_mean(state, updates)
