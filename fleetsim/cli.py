@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-live", action="store_true", help="plain lines instead of the live view")
     run.set_defaults(command=cmd_run)
 
+    compare = sub.add_parser("compare", help="one scenario under several policies")
+    compare.add_argument("scenario")
+    compare.add_argument("--policies", required=True, help="comma-separated policy names")
+    compare.add_argument("--out", help="output directory (must not hold a comparison)")
+    compare.add_argument("--seed", type=int)
+    compare.add_argument("--rounds", type=int)
+    compare.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    compare.add_argument("--no-live", action="store_true")
+    compare.set_defaults(command=cmd_compare)
+
     validate = sub.add_parser("validate", help="check a scenario file")
     validate.add_argument("scenario")
     validate.set_defaults(command=cmd_validate)
@@ -112,12 +122,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_dir(flag: str | None, pattern: str, name: str) -> Path:
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fleetsim.compare import comparison_rows, markdown_table, with_policy, write_comparison
+    from fleetsim.engine import run_scenario
+    from fleetsim.monitor import make_observer
+    from fleetsim.scenario import load_scenario
+    from fleetsim.session import RunSetup
+    from policies import registered
+
+    scenario = load_scenario(args.scenario, _overrides(args))
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    known = registered()
+    for name in names:
+        if name not in known and ":" not in name:
+            raise ConfigError("fleetsim compare", "--policies", f"unknown policy {name!r}; "
+                              f"registered: {', '.join(known)}")
+    out_dir = _output_dir(args.out, scenario.output.dir, f"{scenario.name}-compare",
+                          marker="comparison.csv")
+    live = not args.no_live and sys.stdout.isatty()
+    run_dirs = []
+    for name in names:
+        run_dir = out_dir / name.replace("/", "_").replace(":", "_")
+        with make_observer(live, run_dir) as observer:
+            asyncio.run(run_scenario(RunSetup(with_policy(scenario, name), Path(args.scenario)),
+                                     run_dir, observer))
+        run_dirs.append((name, run_dir))
+    rows = comparison_rows(run_dirs)
+    write_comparison(out_dir, rows)
+    print(markdown_table(rows), end="")
+    print(f"comparison written to {out_dir}/comparison.csv and comparison.md")
+    return 0
+
+
+def _output_dir(flag: str | None, pattern: str, name: str,
+                marker: str = "rounds.jsonl") -> Path:
     if flag is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return Path(pattern.format(name=name)) / stamp
     out = Path(flag)
-    if (out / "rounds.jsonl").exists():
+    if (out / marker).exists():
         raise ConfigError(out, "--out", "already holds a run; choose another directory "
                           "(nothing was overwritten)")
     return out

@@ -1,0 +1,46 @@
+"""The comparison table, computed from run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fleetsim.compare import comparison_rows, with_policy, write_comparison
+from fleetsim.scenario import load_scenario
+from tests.conftest import SMOKE
+
+
+def fake_run(path: Path, accuracies: list[float | None], times: list[float],
+             statuses: list[str]) -> Path:
+    path.mkdir()
+    rounds = [{"round": i, "sim_time_s": t, "accuracy": a}
+              for i, (a, t) in enumerate(zip(accuracies, times, strict=True))]
+    devices = [{"status": s, "peak_mem_bytes": (i + 1) << 20, "mem_cap_bytes": 8 << 20,
+                "flops": 1e12} for i, s in enumerate(statuses)]
+    (path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (path / "devices.jsonl").write_text("".join(json.dumps(d) + "\n" for d in devices))
+    (path / "summary.json").write_text(json.dumps({
+        "model": "gpt-2x64", "final_accuracy": accuracies[-1], "initial_accuracy": 0.1,
+        "bytes_up": 2e6, "bytes_down": 4e6}))
+    return path
+
+
+def test_rows_use_a_common_simulated_time(tmp_path: Path) -> None:
+    fast = fake_run(tmp_path / "a", [0.3, 0.4, 0.5], [10, 20, 30], ["ok", "ok", "oom"])
+    slow = fake_run(tmp_path / "b", [0.2, 0.6], [25, 50], ["ok", "straggler"])
+    rows = comparison_rows([("a", fast), ("b", slow)])
+    assert [r["common_time_s"] for r in rows] == [30, 30]
+    assert rows[0]["accuracy_at_common_time"] == 0.5
+    assert rows[1]["accuracy_at_common_time"] == 0.2  # its 0.6 came at 50 s
+    assert rows[0]["oom"] == 1 and rows[1]["stragglers"] == 1
+    assert rows[0]["contributed_share"] == 2 / 3 and rows[0]["peak_mem_max_mb"] == 2.0
+    write_comparison(tmp_path, rows)
+    assert (tmp_path / "comparison.csv").read_text().splitlines()[0].startswith("policy,")
+    assert "| a | gpt-2x64 |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_with_policy_keeps_everything_else() -> None:
+    scenario = load_scenario(SMOKE)
+    other = with_policy(scenario, "caff")
+    assert other.policy.name == "caff" and other.policy.params == {}
+    assert other.fleet == scenario.fleet and other.seed == scenario.seed
