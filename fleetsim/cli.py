@@ -156,13 +156,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _output_dir(flag: str | None, pattern: str, name: str,
                 marker: str = "rounds.jsonl") -> Path:
+    """The run's output directory, created now, before any work: a bad one costs nothing.
+    An explicit --out must not hold a run already; the default is a fresh folder."""
     if flag is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return Path(pattern.format(name=name)) / stamp
-    out = Path(flag)
-    if (out / marker).exists():
-        raise ConfigError(out, "--out", "already holds a run; choose another directory "
-                          "(nothing was overwritten)")
+        base = Path(pattern.format(name=name)) / time.strftime("%Y%m%d-%H%M%S")
+        out, n = base, 1
+        while out.exists():  # two runs started in the same second
+            out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    else:
+        out = Path(flag)
+        if (out / marker).exists():
+            raise ConfigError(out, "--out", "already holds a run; choose another directory "
+                              "(nothing was overwritten)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(out, "--out", f"cannot create the directory: {err.strerror}") \
+            from None
     return out
 
 

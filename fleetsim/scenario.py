@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -106,7 +106,7 @@ class PolicyConfig(Strict):
 
 
 class WorkersConfig(Strict):
-    count: int | Literal["auto"] = "auto"
+    count: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     backend: Literal["ray", "local"] = "ray"
     address: str | None = None
     threads_per_host: int = Field(default=1, ge=1)
@@ -125,7 +125,7 @@ class OutputConfig(Strict):
 
 class Scenario(Strict):
     name: str = "scenario"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     rounds: int = Field(ge=1)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -165,12 +165,37 @@ def resolve(scenario: Scenario, path: Path) -> Scenario:
             classes[entry.device_class] = load_device_class(entry.device_class, path, i)
         merged = {**classes[entry.device_class].model_dump(), **entry.overrides}
         parse_model(DeviceProfile, merged, path, prefix=f"fleet[{i}].overrides")
+    check_names(scenario, path)
     if scenario.selection.min_updates > scenario.selection.devices_per_round:
         raise ConfigError(path, "selection.min_updates", "must not exceed devices_per_round")
     if scenario.selection.devices_per_round > scenario.num_devices:
         raise ConfigError(path, "selection.devices_per_round",
                           f"exceeds the fleet size ({scenario.num_devices})")
     return scenario.model_copy(update={"device_classes": classes})
+
+
+def check_names(scenario: Scenario, path: Path) -> None:
+    """What the schema alone cannot see: names that must exist, values that must agree."""
+    from fleetsim.model import ZOO
+    from policies import registered
+
+    if scenario.model.name not in ZOO:
+        raise ConfigError(path, "model.name", f"unknown zoo model {scenario.model.name!r}"
+                          f"{_suggest(scenario.model.name, list(ZOO))}; known: {', '.join(ZOO)}")
+    longest = min(entry.config.max_seq_len for entry in ZOO.values()) - 1
+    if scenario.data.seq_len > longest:
+        raise ConfigError(path, "data.seq_len", f"the zoo's models take at most {longest}")
+    policy, known = scenario.policy.name, registered()
+    if ":" not in policy and policy not in known:
+        raise ConfigError(path, "policy.name", f"unknown policy {policy!r}"
+                          f"{_suggest(policy, list(known))}; registered: {', '.join(known)}")
+    workers = scenario.workers
+    if workers.device == "cuda" and workers.backend == "ray" and workers.gpus_per_host <= 0:
+        raise ConfigError(path, "workers.gpus_per_host", "must be > 0 with device cuda")
+    try:
+        scenario.output.dir.format(name=scenario.name)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(path, "output.dir", "only the placeholder {name} is known") from None
 
 
 def device_profiles(scenario: Scenario) -> list[DeviceProfile]:
@@ -262,7 +287,8 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
 
 
 # Pydantic puts union members and validator kinds in error locations; they are not keys.
-_NOT_KEYS = {"int", "float", "str", "bool", "none", "dict", "list"}
+_NOT_KEYS = {"int", "float", "str", "bool", "none", "dict", "list", "constrained-int",
+             "constrained-float"}
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

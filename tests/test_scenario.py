@@ -50,6 +50,12 @@ BAD = [
     ("workers_count_bad.yaml", "workers.count", "valid integer"),
     ("control_character.yaml", "", "invalid YAML"),
     ("not_utf8.yaml", "", "UTF-8"),
+    ("negative_seed.yaml", "seed", "greater than or equal to 0"),
+    ("seq_len_too_long.yaml", "data.seq_len", "take at most 127"),
+    ("unknown_model.yaml", "model.name", "did you mean 'gpt-4x128'"),
+    ("unknown_policy.yaml", "policy.name", "did you mean 'caff'"),
+    ("zero_workers.yaml", "workers.count", "greater than or equal to 1"),
+    ("output_placeholder.yaml", "output.dir", "only the placeholder {name}"),
 ]
 
 
