@@ -32,7 +32,7 @@ def masked_mean(state: ModelState, updates: Sequence[Update]) -> dict[str, np.nd
                 sums[name] = np.zeros(state[name].shape, np.float64)
                 weights[name] = np.zeros(state[name].shape, np.float64)
             where = update.index.get(name, ...)
-            sums[name][where] += update.weight * tensor
+            sums[name][where] += update.weight * np.asarray(tensor, np.float64)
             weights[name][where] += update.weight
     new_state = dict(state)
     for name, total in sums.items():

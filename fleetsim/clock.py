@@ -30,13 +30,18 @@ class ClockJob:
     latency_s: float
     compute_jitter: float
 
+    def nominal_durations(self) -> tuple[float, float, float]:
+        """(download_s, compute_s, upload_s) without jitter: what a planner can expect."""
+        download_s = self.latency_s + 8 * self.download_bytes / self.downlink_bps
+        compute_s = self.flops / self.flops_per_s
+        upload_s = self.latency_s + 8 * self.upload_bytes / self.uplink_bps
+        return download_s, compute_s, upload_s
+
     def durations(self, rng: np.random.Generator) -> tuple[float, float, float]:
         """(download_s, compute_s, upload_s); draws one jitter from `rng`."""
         jitter = float(rng.lognormal(0.0, self.compute_jitter)) if self.compute_jitter else 1.0
-        download_s = self.latency_s + 8 * self.download_bytes / self.downlink_bps
-        compute_s = jitter * self.flops / self.flops_per_s
-        upload_s = self.latency_s + 8 * self.upload_bytes / self.uplink_bps
-        return download_s, compute_s, upload_s
+        download_s, compute_s, upload_s = self.nominal_durations()
+        return download_s, jitter * compute_s, upload_s
 
 
 @dataclass(frozen=True)

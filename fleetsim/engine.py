@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,9 +19,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from fleetsim.clock import ClockJob, RoundTiming
-from fleetsim.cost import estimate_cost
-from fleetsim.session import Run, RunSetup, prepare_run
-from fleetsim.types import DeviceRecord, ModelState, RoundContext, RoundRecord
+from fleetsim.errors import FleetsimError
+from fleetsim.policy import clock_job
+from fleetsim.session import JOB_STREAMS, ROUND_STREAMS, Run, RunSetup, prepare_run, stream
+from fleetsim.types import DeviceRecord, ModelState, RoundContext, RoundRecord, TrainingPlan
 from fleetsim.workers import Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,16 @@ async def play_round(run: Run, r: int, state: ModelState,
                      previous: RoundRecord | None) -> tuple[RoundRecord, ModelState]:
     """One round, start to end; returns its record and the new global state."""
     wall_start = time.perf_counter()
-    select_rng, policy_rng, clock_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([run.scenario.seed, r]).spawn(3))
+    select_rng, policy_rng, clock_rng = (np.random.default_rng(s) for s in
+                                         stream(run.scenario.seed, ROUND_STREAMS, r).spawn(3))
     now = run.clock.now_s
     sel = run.scenario.selection
     ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, now), run.model,
                        run.training_for(r), sel.deadline_s, previous, policy_rng)
-    plans = dict(sorted(run.policy.plan_round(ctx).items()))
-    costs = {d: estimate_cost(run.model.config, plan, ctx.training.seq_len)
-             for d, plan in plans.items()}
+    plans = checked_plans(ctx, run.policy.plan_round(ctx))
     devices = {d.device_id: d for d in ctx.devices}
-    jobs = [ClockJob(d, c.download_bytes, c.upload_bytes, c.flops_per_step * plans[d].local_steps,
-                     devices[d].flops_per_s, devices[d].downlink_bps, devices[d].uplink_bps,
-                     devices[d].latency_s, devices[d].compute_jitter) for d, c in costs.items()]
+    jobs = [clock_job(run.model.config, plan, devices[d], ctx.training.seq_len)
+            for d, plan in plans.items()]
     timing = run.clock.run_round(jobs, keep=sel.devices_per_round, deadline_s=sel.deadline_s,
                                  rng=clock_rng)
     train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),
@@ -90,7 +88,8 @@ async def play_round(run: Run, r: int, state: ModelState,
     last = r == run.scenario.rounds - 1
     due = last or (r + 1) % run.scenario.eval.every == 0
     evaluation = await evaluate(run, state) if due else None
-    device_records = _device_records(ctx, plans, costs, timing, results)
+    device_records = _device_records(ctx, plans, {j.device_id: j for j in jobs}, timing,
+                                     results)
     record = _round_record(r, timing, time.perf_counter() - wall_start, evaluation,
                            device_records, results, aggregated)
     run.writer.write_round(record, device_records)
@@ -104,31 +103,49 @@ async def evaluate(run: Run, state: ModelState) -> Evaluation:
 
 
 def _job_seed(seed: int, r: int, device_id: int) -> int:
-    return int(np.random.SeedSequence([seed, r, device_id]).generate_state(1)[0])
+    return int(stream(seed, JOB_STREAMS, r, device_id).generate_state(1)[0])
 
 
-def _device_records(ctx: RoundContext, plans: dict, costs: dict, timing: RoundTiming,
+def _device_records(ctx: RoundContext, plans: Mapping[int, TrainingPlan],
+                    jobs: Mapping[int, ClockJob], timing: RoundTiming,
                     results: Sequence[JobResult]) -> list[DeviceRecord]:
+    """One record per selected device. Stragglers carry their planned FLOPs and
+    durations: the work they spent before the round ended without them."""
     by_id = {res.device_id: res for res in results}
     times = {t.device_id: t for t in timing.devices}
     records = []
     for device in ctx.devices:
         d = device.device_id
-        plan, cost, t, res = plans.get(d), costs.get(d), times.get(d), by_id.get(d)
-        status = "skipped" if plan is None else res.status if res else "straggler"
-        planned_flops = cost.flops_per_step * plan.local_steps if cost and plan else 0.0
+        job, t, res = jobs.get(d), times.get(d), by_id.get(d)
+        status = "skipped" if job is None else res.status if res else "straggler"
         records.append(DeviceRecord(
             device_id=d, device_class=device.device_class, round=ctx.round,
-            plan=describe_plan(plan), status=status,
+            plan=describe_plan(plans.get(d)), status=status,
             peak_mem_bytes=res.peak_mem_bytes if res else 0,
             mem_cap_bytes=device.memory_bytes,
-            flops=res.flops if res else planned_flops,
+            flops=res.flops if res else job.flops if job else 0.0,
             compute_s=t.compute_s if t else 0.0, download_s=t.download_s if t else 0.0,
             upload_s=t.upload_s if t else 0.0,
-            bytes_up=cost.upload_bytes if res and res.status == "ok" and cost else 0,
-            bytes_down=cost.download_bytes if cost else 0,
-            host=res.host if res else "", loss=res.loss if res else None))
+            bytes_up=job.upload_bytes if job and res and res.status == "ok" else 0,
+            bytes_down=job.download_bytes if job else 0,
+            host=res.host if res else "", loss=res.loss if res else None,
+            error=res.error if res else ""))
     return records
+
+
+def checked_plans(ctx: RoundContext, plans: Mapping[int, TrainingPlan]
+                  ) -> dict[int, TrainingPlan]:
+    """The policy's plans in device order, after checking they are plans hosts can run."""
+    selected = {d.device_id for d in ctx.devices}
+    for device_id, plan in plans.items():
+        problem = ("was not selected" if device_id not in selected
+                   else "names unknown groups" if not set(plan.train) | set(plan.frozen)
+                   <= set(ctx.model.groups)
+                   else "trains a sub-model or LoRA adapters, which hosts do not run yet"
+                   if plan.width != 1.0 or plan.lora is not None else "")
+        if problem:
+            raise FleetsimError(f"policy planned device {device_id}, which {problem}")
+    return dict(sorted(plans.items()))
 
 
 def describe_plan(plan: Any) -> str:
@@ -144,8 +161,8 @@ def _round_record(r: int, timing: RoundTiming, wall_s: float, evaluation: Evalua
     status = Counter(d.status for d in devices)
     ok = [res for res in results if res.status == "ok" and res.loss is not None]
     weight = sum(res.update.weight for res in ok if res.update)
-    train_loss = (sum(res.loss * res.update.weight for res in ok if res.update and res.loss)
-                  / weight if weight else None)
+    train_loss = (sum(res.loss * res.update.weight for res in ok if res.update
+                      and res.loss is not None) / weight if weight else None)
     return RoundRecord(
         round=r, sim_time_s=timing.end_s, round_time_s=timing.end_s - timing.start_s,
         wall_time_s=wall_s, accuracy=evaluation.accuracy if evaluation else None,
@@ -166,7 +183,8 @@ def summarize(run: Run, initial: Evaluation, records: Sequence[RoundRecord]) -> 
         "initial_loss": initial.loss,
         "final_accuracy": final.accuracy if final else None,
         "final_loss": final.loss if final else None,
-        "best_accuracy": max((r.accuracy or 0.0 for r in evaluated), default=None),
+        "best_accuracy": max((r.accuracy for r in evaluated if r.accuracy is not None),
+                             default=None),
         "sim_time_s": records[-1].sim_time_s if records else 0.0,
         "wall_time_s": time.perf_counter() - run.wall_start,
         "bytes_up": sum(r.bytes_up for r in records),

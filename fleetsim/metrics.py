@@ -24,8 +24,9 @@ class RunWriter:
         self._devices = (out_dir / "devices.jsonl").open("a")
 
     def write_round(self, record: RoundRecord, devices: Iterable[DeviceRecord]) -> None:
-        for device in devices:
-            self._devices.write(_line(dataclasses.asdict(device)))
+        """The round's device lines in one write, then its round line: a round in
+        rounds.jsonl always has all its devices on disk."""
+        self._devices.write("".join(_line(dataclasses.asdict(d)) for d in devices))
         self._devices.flush()
         self._rounds.write(_line(dataclasses.asdict(record)))
         self._rounds.flush()
@@ -53,4 +54,9 @@ def _line(record: Mapping[str, Any]) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every complete record; a last line cut short by a kill is dropped."""
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
+    return [json.loads(line) for line in lines if line.strip()]

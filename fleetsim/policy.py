@@ -16,7 +16,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from fleetsim.cost import predict_peak_bytes, step_flops, upload_bytes
+from fleetsim.clock import ClockJob
+from fleetsim.cost import estimate_cost, predict_peak_bytes
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -70,14 +71,21 @@ def last_blocks_plan(device: DeviceState, training: TrainingDefaults, groups: tu
 def within_budgets(config: Any, plan: TrainingPlan, device: DeviceState,
                    training: TrainingDefaults, budget_s: float | None) -> bool:
     """The plan fits the device: its predicted peak memory, and, given a round's time
-    budget, its upload (uplink x budget) and compute (FLOP rate x budget) budgets."""
+    budget, its nominal download + compute + upload time (the clock's formula, without
+    jitter): the upload and compute budgets of the device's link and FLOP rate."""
     if predict_peak_bytes(config, plan, training.seq_len) > device.memory_bytes:
         return False
-    if budget_s is None:
-        return True
-    upload_ok = 8 * upload_bytes(config, plan) <= device.uplink_bps * budget_s
-    flops = step_flops(config, plan, training.seq_len) * plan.local_steps
-    return upload_ok and flops <= device.flops_per_s * budget_s
+    return budget_s is None or sum(clock_job(config, plan, device, training.seq_len)
+                                   .nominal_durations()) <= budget_s
+
+
+def clock_job(config: Any, plan: TrainingPlan, device: DeviceState, seq_len: int) -> ClockJob:
+    """What the clock needs to time this device's round under this plan."""
+    cost = estimate_cost(config, plan, seq_len)
+    return ClockJob(device.device_id, cost.download_bytes, cost.upload_bytes,
+                    cost.flops_per_step * plan.local_steps, device.flops_per_s,
+                    device.downlink_bps, device.uplink_bps, device.latency_s,
+                    device.compute_jitter)
 
 
 def most_blocks(config: Any, device: DeviceState, training: TrainingDefaults,
@@ -92,11 +100,12 @@ def most_blocks(config: Any, device: DeviceState, training: TrainingDefaults,
     return None
 
 
-def plan_full_where_it_fits(ctx: RoundContext) -> dict[DeviceId, TrainingPlan]:
-    """Full finetuning for every device whose memory holds it; the rest sit out."""
+def plan_last_blocks(ctx: RoundContext, n: int) -> dict[DeviceId, TrainingPlan]:
+    """Every selected device trains the last `n` blocks and the head (all of the model
+    when `n` is every block) if its memory holds that; the rest sit out."""
     plans = {}
     for device in ctx.devices:
-        plan = make_plan(device, ctx.training, train=ctx.model.groups)
+        plan = last_blocks_plan(device, ctx.training, ctx.model.groups, n)
         if within_budgets(ctx.model.config, plan, device, ctx.training, budget_s=None):
             plans[device.device_id] = plan
     return plans

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 PRETRAIN_SEQ_LEN = 80
 RECIPE_FILE = "pretrain.json"
+PRETRAIN_THREADS = 2
 
 
 def zoo_dir() -> Path:
@@ -37,7 +38,8 @@ def zoo_dir() -> Path:
 def recipe(entry: ZooEntry) -> dict[str, float | int | str]:
     """How a zoo model was pretrained; a cached copy made another way is stale."""
     return {"steps": entry.pretrain_steps, "lr": entry.pretrain_lr,
-            "batch": entry.pretrain_batch, "seq_len": PRETRAIN_SEQ_LEN, "corpus": "server-v1"}
+            "batch": entry.pretrain_batch, "seq_len": PRETRAIN_SEQ_LEN, "corpus": "server-v1",
+            "threads": PRETRAIN_THREADS}
 
 
 def is_cached(name: str) -> bool:
@@ -56,7 +58,17 @@ def load_pretrained(name: str, on_progress: Progress | None = None) -> ModelStat
 
 
 def pretrain(entry: ZooEntry, on_progress: Progress | None = None) -> Path:
-    """Train `entry` from scratch on the server corpus and cache it."""
+    """Train `entry` from scratch on the server corpus and cache it. Always on the same
+    number of threads: the cached weights must not depend on the machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain(entry, on_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(entry: ZooEntry, on_progress: Progress | None) -> Path:
     torch.manual_seed(0)
     model = TinyGPT(entry.config)
     corpus = server_corpus()

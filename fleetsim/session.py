@@ -36,6 +36,13 @@ from policies import create_policy
 log = logging.getLogger(__name__)
 # The RLIMIT_DATA safety net sits this far above a host's largest device budget.
 RLIMIT_HEADROOM_BYTES = 2 << 30
+# Every random stream of a run has its own domain, so no two can coincide.
+ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM = 1, 2, 3
+
+
+def stream(seed: int, domain: int, *key: int) -> np.random.SeedSequence:
+    """The seed sequence of one random stream: (run seed; domain, round, device...)."""
+    return np.random.SeedSequence(seed, spawn_key=(domain, *key))
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,9 @@ class Run:
         """Sample k * (1 + over_selection) online devices, in device-id order."""
         sel = self.scenario.selection
         online = self.fleet.online(now_s)
-        count = min(len(online), math.ceil(sel.devices_per_round * (1 + sel.over_selection)))
+        k = sel.devices_per_round
+        extra = math.ceil(round(k * sel.over_selection, 9))  # no float noise: 50 x 0.1 is 5
+        count = min(len(online), k + extra)
         picked = sorted(int(i) for i in rng.choice(online, size=count, replace=False))
         return tuple(self.fleet.state(i, now_s) for i in picked)
 
@@ -120,10 +129,15 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     counts = group_param_counts(config)
     info = ModelInfo(choice.model_name, config.n_layer, groups, {g: counts[g] for g in groups},
                      config)
-    pool = start_pool(scenario, config, data)
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
-    windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
+    pool = start_pool(scenario, config, data)
+    try:
+        windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
+    except BaseException:
+        pool.close()
+        writer.close()
+        raise
     return Run(scenario, fleet, policy, info, state, pool, windows, Clock(), writer, observer,
                time.perf_counter())
 
@@ -143,7 +157,7 @@ def load_data(scenario: Scenario, source: Path) -> FederatedData:
 def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:
     workers = scenario.workers
     windows = [c.train for c in data.clients]
-    largest_cap = max(p.memory_mb for p in scenario.device_classes.values()) * MIB
+    largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
     options = HostOptions(threads=workers.threads_per_host, device=workers.device,
                           rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
     if workers.backend == "local":
@@ -164,6 +178,6 @@ def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:
     """Up to `max_samples` test windows drawn evenly from all clients, fixed by the seed."""
     windows = np.concatenate([c.test for c in data.clients])
     if len(windows) > max_samples:
-        rng = np.random.default_rng([seed, 1])
+        rng = np.random.default_rng(stream(seed, EVAL_STREAM))
         windows = windows[np.sort(rng.choice(len(windows), size=max_samples, replace=False))]
     return windows

@@ -155,6 +155,7 @@ class DeviceRecord:
     bytes_down: int
     host: str
     loss: float | None = None
+    error: str = ""  # why an `oom` or `failed` device lost its update
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 from fleetsim.types import ModelState, Status, TrainingPlan, Update
 
 log = logging.getLogger(__name__)
+HOST_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,9 @@ class HostPool:
             return cls([DeviceHost("local", model_config, train_windows, local)], use_ray=False)
         import ray
 
-        remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host)(
-            AsyncDeviceHost)
+        # a host process that dies is restarted (its job is lost and recorded `failed`)
+        remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host,
+                                 max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
         windows_ref = ray.put(list(train_windows))
         hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options)
                  for i in range(count)]
@@ -184,11 +186,14 @@ class HostPool:
         try:
             if not self.use_ray:
                 return await asyncio.to_thread(host.train, job, shared_state)
+            from ray.exceptions import RayActorError
+
             try:
                 return await host.train.remote(job, shared_state)
-            except Exception as err:  # the host process died (RayActorError and kin)
+            except RayActorError as err:  # the host process died: Ray restarts it
                 log.warning("host lost while training device %d: %r", job.device_id, err)
-                return JobResult(job.device_id, "failed", None, None, 0, 0.0, "lost", repr(err))
+                return JobResult(job.device_id, "failed", None, None, 0, 0.0, "lost",
+                                 f"host lost: {type(err).__name__}")
         finally:
             self.idle.put_nowait(host)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from fleetsim.aggregate import masked_mean
-from fleetsim.policy import plan_full_where_it_fits
+from fleetsim.policy import plan_last_blocks
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
@@ -30,7 +30,7 @@ class FedAvg:
         return ModelChoice(model_name=ctx.model_name)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        return plan_full_where_it_fits(ctx)
+        return plan_last_blocks(ctx, ctx.model.n_layer)  # every block: full finetuning
 
     def aggregate(self, ctx: RoundContext, state: ModelState,
                   updates: Sequence[Update]) -> ModelState:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from fleetsim.aggregate import masked_mean
-from fleetsim.policy import last_blocks_plan, within_budgets
+from fleetsim.policy import plan_last_blocks
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
@@ -20,15 +20,6 @@ from fleetsim.types import (
     Update,
 )
 from policies import register
-
-
-def plan_fixed_blocks(ctx: RoundContext, k: int) -> dict[DeviceId, TrainingPlan]:
-    plans = {}
-    for device in ctx.devices:
-        plan = last_blocks_plan(device, ctx.training, ctx.model.groups, k)
-        if within_budgets(ctx.model.config, plan, device, ctx.training, budget_s=None):
-            plans[device.device_id] = plan
-    return plans
 
 
 @register
@@ -44,7 +35,7 @@ class LastK:
         return ModelChoice(ctx.model_name)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        return plan_fixed_blocks(ctx, min(self.k, ctx.model.n_layer))
+        return plan_last_blocks(ctx, min(self.k, ctx.model.n_layer))
 
     def aggregate(self, ctx: RoundContext, state: ModelState,
                   updates: Sequence[Update]) -> ModelState:
@@ -59,7 +50,7 @@ class HeadOnly:
         return ModelChoice(ctx.model_name)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        return plan_fixed_blocks(ctx, 0)
+        return plan_last_blocks(ctx, 0)
 
     def aggregate(self, ctx: RoundContext, state: ModelState,
                   updates: Sequence[Update]) -> ModelState:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from fleetsim.aggregate import masked_mean
 from fleetsim.cost import group_param_counts, predict_peak_bytes
 from fleetsim.model import ZOO, layer_groups
-from fleetsim.policy import make_plan, plan_full_where_it_fits
+from fleetsim.policy import make_plan, plan_last_blocks
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
@@ -37,7 +37,7 @@ class SmallModel:
         return ModelChoice(chosen)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        return plan_full_where_it_fits(ctx)
+        return plan_last_blocks(ctx, ctx.model.n_layer)  # every block: full finetuning
 
     def aggregate(self, ctx: RoundContext, state: ModelState,
                   updates: Sequence[Update]) -> ModelState:

@@ -57,7 +57,8 @@ def test_smoke_writes_every_round_and_device(two_worker_run: Path) -> None:
     summary = json.loads((two_worker_run / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     assert summary["final_accuracy"] == rounds[-1]["accuracy"]
-    assert load_scenario(two_worker_run / "scenario.yaml") is not None  # resolved, reloadable
+    written = load_scenario(two_worker_run / "scenario.yaml")  # resolved, reloadable
+    assert written == load_scenario(SMOKE, {"workers.count": "2"})
 
 
 def test_training_changes_the_model(two_worker_run: Path) -> None:
@@ -72,6 +73,10 @@ def test_same_seed_same_rounds_on_one_and_two_workers(two_worker_run: Path,
     one = without_wall_time(read_jsonl(tmp_path / "one" / "rounds.jsonl"))
     two = without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
     assert one == two
+    hostless = [{k: v for k, v in d.items() if k != "host"}
+                for d in read_jsonl(tmp_path / "one" / "devices.jsonl")]
+    assert hostless == [{k: v for k, v in d.items() if k != "host"}
+                        for d in read_jsonl(two_worker_run / "devices.jsonl")]
 
 
 def test_in_process_backend_matches_ray(two_worker_run: Path, tmp_path: Path) -> None:
@@ -116,7 +121,7 @@ def test_fleet_larger_than_the_corpus_is_bad_input(tmp_path: Path,
     assert main(["run", str(scenario), "--no-live", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{scenario}: fleet: " in err[0] and "5000 clients" in err[0]
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "rounds.jsonl").exists()
 
 
 def test_caff_plans_per_device_in_a_real_run(tmp_path: Path) -> None:
