@@ -12,8 +12,13 @@ from fleetsim.training import loss_of_step, model_state
 from fleetsim.types import TrainingPlan
 
 
+def test_zoo_models_differ_in_depth_and_width() -> None:
+    shapes = {(e.config.n_layer, e.config.n_embd) for e in ZOO.values()}
+    assert len(ZOO) >= 3 and len({d for d, _ in shapes}) == len({w for _, w in shapes}) == len(ZOO)
+
+
 @pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_models_differ_in_depth_and_width(name: str) -> None:
+def test_every_parameter_belongs_to_a_layer_group(name: str) -> None:
     cfg = ZOO[name].config
     assert name == f"gpt-{cfg.n_layer}x{cfg.n_embd}"
     with torch.device("meta"):
