@@ -132,6 +132,7 @@ class HostPool:
     def __init__(self, hosts: list[Any], use_ray: bool) -> None:
         self.hosts, self.use_ray = hosts, use_ray
         self._last_shared: tuple[Any, Any] | None = None
+        self.pinned: list[Any] = []  # object-store values the hosts' constructors need
         self.idle: asyncio.Queue[Any] = asyncio.Queue()
         for host in hosts:
             self.idle.put_nowait(host)
@@ -151,7 +152,9 @@ class HostPool:
         windows_ref = ray.put(list(train_windows))
         hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options)
                  for i in range(count)]
-        return cls(hosts, use_ray=True)
+        pool = cls(hosts, use_ray=True)
+        pool.pinned = [windows_ref]  # a restarted host reads its data from here again
+        return pool
 
     def share(self, value: Any) -> Any:
         """Publish a value every host reads (the global weights) once: for Ray, in the
