@@ -21,8 +21,23 @@ import numpy as np
 from fleetsim.clock import ClockJob, RoundTiming
 from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
-from fleetsim.session import JOB_STREAMS, ROUND_STREAMS, Run, RunSetup, prepare_run, stream
-from fleetsim.types import DeviceRecord, ModelState, RoundContext, RoundRecord, TrainingPlan
+from fleetsim.session import (
+    JOB_STREAMS,
+    ROUND_STREAMS,
+    Run,
+    RunSetup,
+    prepare_run,
+    seed_of,
+    stream,
+)
+from fleetsim.types import (
+    DeviceRecord,
+    LoraSpec,
+    ModelState,
+    RoundContext,
+    RoundRecord,
+    TrainingPlan,
+)
 from fleetsim.workers import Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -103,7 +118,7 @@ async def evaluate(run: Run, state: ModelState) -> Evaluation:
 
 
 def _job_seed(seed: int, r: int, device_id: int) -> int:
-    return int(stream(seed, JOB_STREAMS, r, device_id).generate_state(1)[0])
+    return seed_of(seed, JOB_STREAMS, r, device_id)
 
 
 def _device_records(ctx: RoundContext, plans: Mapping[int, TrainingPlan],
@@ -141,18 +156,30 @@ def checked_plans(ctx: RoundContext, plans: Mapping[int, TrainingPlan]
         problem = ("was not selected" if device_id not in selected
                    else "names unknown groups" if not set(plan.train) | set(plan.frozen)
                    <= set(ctx.model.groups)
-                   else "trains a sub-model or LoRA adapters, which hosts do not run yet"
-                   if plan.width != 1.0 or plan.lora is not None else "")
+                   else "trains a sub-model, which hosts do not run yet" if plan.width != 1.0
+                   else _adapter_problem(plan, ctx.model.adapters))
         if problem:
             raise FleetsimError(f"policy planned device {device_id}, which {problem}")
     return dict(sorted(plans.items()))
 
 
+def _adapter_problem(plan: TrainingPlan, adapters: LoraSpec | None) -> str:
+    if plan.lora is None:
+        return ""
+    if adapters is None or plan.lora.targets != adapters.targets \
+            or plan.lora.scale != adapters.scale or plan.lora.rank > adapters.rank:
+        return "trains LoRA adapters the global model does not carry"
+    return ""
+
+
 def describe_plan(plan: Any) -> str:
-    """A short, stable text for a plan: trained groups, frozen groups."""
+    """A short, stable text for a plan: trained and frozen groups, adapters, width."""
     if plan is None:
         return "-"
-    return f"train={','.join(plan.train)};frozen={','.join(plan.frozen)}"
+    text = f"train={','.join(plan.train)};frozen={','.join(plan.frozen)}"
+    if plan.lora is not None:
+        text += f";lora={plan.lora.rank}:{','.join(plan.lora.targets)}"
+    return text + (f";width={plan.width}" if plan.width != 1.0 else "")
 
 
 def _round_record(r: int, timing: RoundTiming, wall_s: float, evaluation: Evaluation | None,

@@ -21,6 +21,7 @@ from fleetsim.cost import estimate_cost, predict_peak_bytes
 from fleetsim.types import (
     DeviceId,
     DeviceState,
+    LoraSpec,
     ModelChoice,
     ModelState,
     RoundContext,
@@ -52,11 +53,11 @@ def local_steps(device: DeviceState, training: TrainingDefaults) -> int:
 
 
 def make_plan(device: DeviceState, training: TrainingDefaults, train: tuple[str, ...],
-              frozen: tuple[str, ...] = ()) -> TrainingPlan:
+              frozen: tuple[str, ...] = (), lora: LoraSpec | None = None) -> TrainingPlan:
     """A plan with the scenario's local steps, batch size, lr and optimizer."""
     return TrainingPlan(train=train, frozen=frozen, local_steps=local_steps(device, training),
                         batch_size=training.batch_size, lr=training.lr,
-                        optimizer=training.optimizer)
+                        optimizer=training.optimizer, lora=lora)
 
 
 def last_blocks_plan(device: DeviceState, training: TrainingDefaults, groups: tuple[str, ...],

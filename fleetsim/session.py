@@ -17,6 +17,7 @@ from fleetsim.cost import group_param_counts
 from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
 from fleetsim.fleet import MIB, Fleet
+from fleetsim.lora import init_adapters
 from fleetsim.metrics import RunWriter
 from fleetsim.model import ZOO, layer_groups
 from fleetsim.policy import Policy
@@ -24,6 +25,7 @@ from fleetsim.pretrain import load_pretrained
 from fleetsim.scenario import Scenario, device_profiles, scenario_to_yaml
 from fleetsim.types import (
     DeviceState,
+    LoraSpec,
     ModelInfo,
     ModelState,
     OptimizerSpec,
@@ -37,12 +39,17 @@ log = logging.getLogger(__name__)
 # The RLIMIT_DATA safety net sits this far above a host's largest device budget.
 RLIMIT_HEADROOM_BYTES = 2 << 30
 # Every random stream of a run has its own domain, so no two can coincide.
-ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM = 1, 2, 3
+ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
 
 
 def stream(seed: int, domain: int, *key: int) -> np.random.SeedSequence:
     """The seed sequence of one random stream: (run seed; domain, round, device...)."""
     return np.random.SeedSequence(seed, spawn_key=(domain, *key))
+
+
+def seed_of(seed: int, domain: int, *key: int) -> int:
+    """One integer seed drawn from a stream."""
+    return int(stream(seed, domain, *key).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -125,13 +132,16 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
                           f" known: {', '.join(ZOO)}")
     config = ZOO[choice.model_name].config
     state = load_pretrained(choice.model_name, observer.on_pretrain)
+    if choice.adapters is not None:
+        adapters = init_adapters(config, choice.adapters, seed_of(scenario.seed, ADAPTER_STREAM))
+        state = {**state, **adapters}
     groups = tuple(layer_groups(config.n_layer))
     counts = group_param_counts(config)
     info = ModelInfo(choice.model_name, config.n_layer, groups, {g: counts[g] for g in groups},
-                     config)
+                     config, choice.adapters)
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
-    pool = start_pool(scenario, config, data)
+    pool = start_pool(scenario, config, data, choice.adapters)
     try:
         windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
     except BaseException:
@@ -154,14 +164,15 @@ def load_data(scenario: Scenario, source: Path) -> FederatedData:
         raise ConfigError(source, "fleet", f"one client per device: {err}") from None
 
 
-def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:
+def start_pool(scenario: Scenario, config: Any, data: FederatedData,
+               adapters: LoraSpec | None = None) -> HostPool:
     workers = scenario.workers
     windows = [c.train for c in data.clients]
     largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
     options = HostOptions(threads=workers.threads_per_host, device=workers.device,
                           rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
     if workers.backend == "local":
-        return HostPool.start("local", 1, config, windows, options)
+        return HostPool.start("local", 1, config, windows, options, adapters=adapters)
     import ray
 
     if not ray.is_initialized():
@@ -171,7 +182,8 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool
         count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
     else:
         count = workers.count
-    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host)
+    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host,
+                          adapters)
 
 
 def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from fleetsim.lora import global_key, load_into, local_index
 from fleetsim.model import TinyGPT, TinyGPTConfig, group_of, layer_groups, width_config
 from fleetsim.types import ModelState, TrainingPlan
 
@@ -26,8 +27,9 @@ def model_for_plan(config: TinyGPTConfig, plan: TrainingPlan) -> TinyGPT:
     adapters injected for a LoRA plan. Built on the current default device."""
     model = TinyGPT(width_config(config, plan.width))
     if plan.lora is not None:
-        lora = LoraConfig(r=plan.lora.rank, lora_alpha=plan.lora.alpha,
-                          target_modules=list(plan.lora.targets), lora_dropout=0.0)
+        spec = plan.lora
+        lora = LoraConfig(r=spec.rank, lora_alpha=spec.scale * spec.rank,
+                          target_modules=list(spec.targets), lora_dropout=0.0)
         inject_adapter_in_model(lora, model)
     return model
 
@@ -124,17 +126,32 @@ def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: i
 
 
 def load_state(model: TinyGPT, state: ModelState) -> None:
-    """Copy a global state (numpy float32 arrays) into the model in place."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            tensor.copy_(torch.from_numpy(np.asarray(state[name])).to(tensor.device))
+    """Copy a global state into the model in place (adapters sliced to its rank)."""
+    load_into(model, state, rank=_adapter_rank(model))
 
 
-def export_groups(model: TinyGPT, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The trained tensors to upload, as float32 numpy copies."""
-    wanted = set(groups)
-    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()
-            if group_of(name) in wanted}
+def export_update(model: TinyGPT, plan: TrainingPlan
+                  ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, ...]]]:
+    """What a device uploads: the trained groups and its adapters, as float32 copies
+    under their global names, with where each adapter sits in the global one."""
+    wanted = set(plan.train)
+    tensors, index = {}, {}
+    for key, tensor in model.state_dict().items():
+        name = global_key(key)
+        if group_of(name) in wanted or "lora_" in name:
+            tensors[name] = tensor.detach().cpu().numpy().copy()
+            where = local_index(name, tensors[name])
+            if where is not None:
+                index[name] = where
+    return tensors, index
+
+
+def _adapter_rank(model: TinyGPT) -> int:
+    for module in model.modules():
+        ranks = getattr(module, "r", None)
+        if isinstance(ranks, dict) and ranks:
+            return int(next(iter(ranks.values())))
+    return 0
 
 
 def model_state(model: TinyGPT) -> dict[str, np.ndarray]:

@@ -48,11 +48,13 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """LoRA adapters (through peft) on the named linear layers of every block."""
+    """LoRA adapters (through peft) on the named linear layers of every block. The
+    update is scaled by `scale` (peft's alpha / r) whatever the rank, so devices of
+    different ranks and the global model agree on what an adapter means."""
 
     rank: int
     targets: tuple[str, ...] = ("q_proj", "v_proj")
-    alpha: int = 16
+    scale: int = 2
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ModelInfo:
     groups: tuple[str, ...]
     group_params: Mapping[str, int]  # parameters per layer group
     config: Any  # fleetsim.model.TinyGPTConfig
+    adapters: LoraSpec | None = None  # LoRA adapters in the global state
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class SetupContext:
 @dataclass(frozen=True)
 class ModelChoice:
     model_name: str
+    adapters: LoraSpec | None = None  # the global model carries adapters of this rank
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetsim.types import ModelState, Status, TrainingPlan, Update
+from fleetsim.types import LoraSpec, ModelState, Status, TrainingPlan, Update
 
 log = logging.getLogger(__name__)
 HOST_RESTARTS = 3
@@ -55,43 +55,56 @@ class HostOptions:
 
 class DeviceHost:
     """Emulates devices one at a time, each under its memory cap; used in-process or
-    inside a Ray actor. The model and the fleet's data are built once per host."""
+    inside a Ray actor. Models (one per plan shape: plain, or with LoRA adapters of a
+    rank) and the fleet's data are built once per host and reused."""
 
     def __init__(self, host_id: str, model_config: Any, train_windows: Sequence[np.ndarray],
-                 options: HostOptions = HostOptions()) -> None:
+                 options: HostOptions = HostOptions(), adapters: LoraSpec | None = None
+                 ) -> None:
         import torch
 
         from fleetsim.memory import limit_process_data
-        from fleetsim.model import TinyGPT
 
         torch.set_num_threads(options.threads)
         self.host = f"{socket.gethostname()}/{host_id}/pid{os.getpid()}"
         self.device = torch.device(options.device)
-        self.model = TinyGPT(model_config).to(self.device)  # type: ignore[arg-type]
+        self.config, self.adapters = model_config, adapters
+        self.models: dict[LoraSpec | None, Any] = {}
         self.train_windows = train_windows
         if options.rlimit_margin_bytes is not None:
             limit_process_data(options.rlimit_margin_bytes)
 
+    def model_for(self, lora: LoraSpec | None) -> Any:
+        if lora not in self.models:
+            from fleetsim.training import model_for_plan
+
+            plan = TrainingPlan(train=(), frozen=(), local_steps=1, batch_size=1, lr=0.0,
+                                lora=lora)
+            self.models[lora] = model_for_plan(self.config, plan).to(self.device)  # type: ignore[arg-type]
+        return self.models[lora]
+
     def train(self, job: Job, state: ModelState) -> JobResult:
         from fleetsim.errors import DeviceOOM
-        from fleetsim.training import export_groups, load_state
+        from fleetsim.training import export_update, load_state
 
-        load_state(self.model, state)
+        model = self.model_for(job.plan.lora)
+        load_state(model, state)
         windows = self.train_windows[job.device_id]
-        self.model.zero_grad(set_to_none=True)  # nothing of the previous device stays
+        model.zero_grad(set_to_none=True)  # nothing of the previous device stays
         try:
-            loss, flops, peak = self._train_capped(job, windows)
+            loss, flops, peak = self._train_capped(model, job, windows)
         except DeviceOOM as oom:  # the device ran out of memory: its update is lost
             return JobResult(job.device_id, "oom", None, None, oom.requested_bytes, 0.0,
                              self.host, str(oom))
         except Exception as err:  # a device that crashes loses its update, the run goes on
             log.exception("device %d failed on %s", job.device_id, self.host)
             return JobResult(job.device_id, "failed", None, None, 0, 0.0, self.host, repr(err))
-        update = Update(job.device_id, float(len(windows)),
-                        export_groups(self.model, job.plan.train))
+        tensors, index = export_update(model, job.plan)
+        update = Update(job.device_id, float(len(windows)), tensors, index)
         return JobResult(job.device_id, "ok", update, loss, peak, flops, self.host)
 
-    def _train_capped(self, job: Job, windows: np.ndarray) -> tuple[float, float, int]:
+    def _train_capped(self, model: Any, job: Job, windows: np.ndarray
+                      ) -> tuple[float, float, int]:
         """Train under the device's cap: on CPU the exact MemoryMeter, on CUDA the
         allocator's limit. Returns (loss, FLOPs, peak bytes); raises DeviceOOM."""
         from fleetsim.memory import CudaMemoryCap, MemoryMeter
@@ -99,17 +112,19 @@ class DeviceHost:
 
         if self.device.type == "cuda":
             with CudaMemoryCap(job.mem_cap_bytes, self.device) as cap:
-                loss, flops = train_local(self.model, job.plan, windows, job.seed)
+                loss, flops = train_local(model, job.plan, windows, job.seed)
             return loss, flops, cap.peak_bytes
-        meter = MemoryMeter(job.mem_cap_bytes, resident=self.model.state_dict().values())
-        loss, flops = train_local(self.model, job.plan, windows, job.seed, meter=meter)
+        meter = MemoryMeter(job.mem_cap_bytes, resident=model.state_dict().values())
+        loss, flops = train_local(model, job.plan, windows, job.seed, meter=meter)
         return loss, flops, meter.peak_bytes
 
     def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
+        """The global model: with its adapters at full rank when it carries them."""
         from fleetsim.training import evaluate, load_state
 
-        load_state(self.model, state)
-        return dict(evaluate(self.model, windows))
+        model = self.model_for(self.adapters)
+        load_state(model, state)
+        return dict(evaluate(model, windows))
 
 
 class AsyncDeviceHost:
@@ -140,17 +155,18 @@ class HostPool:
     @classmethod
     def start(cls, backend: str, count: int, model_config: Any,
               train_windows: Sequence[np.ndarray], options: HostOptions,
-              gpus_per_host: float = 0.0) -> HostPool:
+              gpus_per_host: float = 0.0, adapters: LoraSpec | None = None) -> HostPool:
         if backend == "local":
             local = replace(options, rlimit_margin_bytes=None)  # never limit the driver
-            return cls([DeviceHost("local", model_config, train_windows, local)], use_ray=False)
+            host = DeviceHost("local", model_config, train_windows, local, adapters)
+            return cls([host], use_ray=False)
         import ray
 
         # a host process that dies is restarted (its job is lost and recorded `failed`)
         remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host,
                                  max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
         windows_ref = ray.put(list(train_windows))
-        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options)
+        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options, adapters)
                  for i in range(count)]
         pool = cls(hosts, use_ray=True)
         pool.pinned = [windows_ref]  # a restarted host reads its data from here again

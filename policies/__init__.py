@@ -14,7 +14,7 @@ from typing import Any
 
 _REGISTRY: dict[str, type] = {}
 _BUILTIN_MODULES = ("policies.caff", "policies.fedavg", "policies.layer_freezing",
-                    "policies.small_model")
+                    "policies.lora", "policies.small_model")
 
 
 def register(cls: type) -> type:

@@ -67,7 +67,7 @@ def host_job(cap_bytes: int, spec: str = "full") -> tuple[DeviceHost, Job]:
 
 def test_host_reports_oom_with_measured_bytes_and_recovers() -> None:
     host, job = host_job(cap_bytes=10**9)
-    state = model_state(host.model)
+    state = model_state(host.model_for(None))
     predicted = predict_peak_bytes(CFG, job.plan, SEQ)
     squeezed = Job(0, 0, job.plan, seed=0, mem_cap_bytes=predicted // 2)
     oom = host.train(squeezed, state)

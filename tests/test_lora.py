@@ -1,0 +1,115 @@
+"""LoRA through peft: adapters in the global state, heterogeneous ranks as slices."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetsim.aggregate import masked_mean
+from fleetsim.engine import run_scenario
+from fleetsim.lora import adapter_shapes, init_adapters
+from fleetsim.metrics import read_jsonl
+from fleetsim.model import ZOO, TinyGPT
+from fleetsim.monitor import PlainObserver
+from fleetsim.scenario import load_scenario
+from fleetsim.session import RunSetup
+from fleetsim.training import model_state
+from fleetsim.types import LoraSpec, TrainingPlan
+from fleetsim.workers import DeviceHost, Job
+from policies import create_policy
+
+CFG = ZOO["gpt-2x64"].config
+GLOBAL = LoraSpec(rank=8)
+WINDOWS = [np.random.default_rng(0).integers(0, 90, (20, 33)).astype(np.uint8)]
+
+
+def global_state() -> dict[str, np.ndarray]:
+    return {**model_state(TinyGPT(CFG)), **init_adapters(CFG, GLOBAL, seed=0)}
+
+
+def test_initial_adapters_leave_the_model_unchanged() -> None:
+    adapters = init_adapters(CFG, GLOBAL, seed=0)
+    assert set(adapters) == set(adapter_shapes(CFG, GLOBAL))
+    assert all(not a.any() for k, a in adapters.items() if ".lora_B." in k)  # B = 0
+    assert len(adapters) == CFG.n_layer * 2 * 2  # q and v, A and B
+
+
+def test_a_low_rank_device_updates_its_slice_and_the_head_only() -> None:
+    host = DeviceHost("t", CFG, WINDOWS, adapters=GLOBAL)
+    groups = ("embed", "block.0", "block.1", "head")
+    plan = TrainingPlan(train=("head",), frozen=groups[:-1], local_steps=3, batch_size=4,
+                        lr=0.05, lora=LoraSpec(rank=4))
+    state = global_state()
+    result = host.train(Job(0, 0, plan, seed=0, mem_cap_bytes=1 << 30), state)
+    assert result.status == "ok" and result.update is not None
+    sent = result.update.tensors
+    assert {k for k in sent if "lora_" not in k} == {"ln_f.weight", "ln_f.bias",
+                                                     "lm_head.weight"}
+    a_key = "blocks.0.attn.q_proj.lora_A.weight"
+    assert sent[a_key].shape == (4, CFG.n_embd)
+    new = masked_mean(state, [result.update])
+    assert not np.array_equal(new[a_key][:4], state[a_key][:4])
+    np.testing.assert_array_equal(new[a_key][4:], state[a_key][4:])  # nobody held rows 4..7
+    np.testing.assert_array_equal(new["blocks.0.attn.q_proj.weight"],
+                                  state["blocks.0.attn.q_proj.weight"])  # frozen base
+    assert host.evaluate(new, WINDOWS[0])["accuracy"] >= 0
+
+
+def test_devices_take_the_largest_rank_that_fits() -> None:
+    from fleetsim.cost import predict_peak_bytes
+    from tests.test_policy_contract import round_context
+
+    policy = create_policy("lora", {"rank": 16, "budget_s": 1e9})
+    ctx = round_context("gpt-2x64")
+    plans = policy.plan_round(ctx)
+    for device in ctx.devices:
+        if device.device_id not in plans:
+            continue
+        plan = plans[device.device_id]
+        assert plan.lora is not None and plan.train == ("head",)
+        fits = predict_peak_bytes(CFG, plan, ctx.training.seq_len) <= device.memory_bytes
+        bigger = [r for r in policy.ranks if r > plan.lora.rank]
+        assert fits and all(
+            predict_peak_bytes(CFG, replace(plan, lora=LoraSpec(r)), ctx.training.seq_len)
+            > device.memory_bytes for r in bigger)
+    assert 0 not in plans  # 2 MiB holds no LoRA plan: it sits out
+
+
+def test_a_lora_run_trains_adapters_on_every_device(tmp_path: Path) -> None:
+    source = tmp_path / "lora.yaml"
+    source.write_text("""
+name: lora-small
+rounds: 2
+model: {name: gpt-2x64}
+fleet:
+  - {class: phone_low, count: 2}
+  - {class: phone_mid, count: 2}
+selection: {devices_per_round: 4, deadline_s: 100000}
+training: {local_steps: 2, batch_size: 8, optimizer: {name: adam}, lr: 0.01}
+policy: {name: lora, params: {rank: 8}}
+workers: {backend: local}
+eval: {every: 1, max_samples: 50}
+""")
+    scenario = load_scenario(source)
+    out = tmp_path / "out"
+    with (tmp_path / "log").open("w") as log:
+        summary = asyncio.run(run_scenario(RunSetup(scenario, source), out,
+                                           PlainObserver(out, log)))
+    records = read_jsonl(out / "devices.jsonl")
+    assert all(r["plan"].endswith(";lora=8:q_proj,v_proj") for r in records)
+    assert all(r["status"] == "ok" and r["peak_mem_bytes"] <= r["mem_cap_bytes"]
+               for r in records)
+    head_and_adapters = 4 * (97 * 64 + 2 * 64 + 2 * 2 * 8 * (64 + 64))  # blocks x (q, v)
+    assert all(r["bytes_up"] == head_and_adapters for r in records)
+    assert summary["final_accuracy"] != summary["initial_accuracy"]
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="rank"):
+        create_policy("lora", {"rank": 0})
+    with pytest.raises(ValueError, match="targets"):
+        create_policy("lora", {"targets": ["wq"]})
