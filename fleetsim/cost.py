@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fleetsim.model import TinyGPTConfig, group_of, layer_groups, width_config
+from fleetsim.training import first_grad_group, loss_of_step, model_for_plan, prepare_model
 from fleetsim.types import LoraSpec, OptimizerSpec, TrainingPlan
 
 FLOAT_BYTES = 4  # weights, updates and activations are float32
@@ -81,7 +82,7 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
     groups = [g for g in layer_groups(cfg.n_layer) if g in {*plan.train, *plan.frozen}]
     weights = FLOAT_BYTES * (sum(counts[g] for g in groups) + counts["lora"])
     trainable = FLOAT_BYTES * _trainable_params(counts, plan)
-    first = _first_grad_group(plan, groups)
+    first = first_grad_group(plan, groups)
     grad_blocks = [g for g in groups[first:] if g.startswith("block.")]
     head_saved = 2 * d + vocab + 4
     blocks_saved = sum(_block_saved(cfg, plan, g in plan.train, t) for g in grad_blocks)
@@ -122,12 +123,6 @@ def step_flops(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> float
     return _step_flops(_config_key(config), shape_only, seq_len)
 
 
-def _first_grad_group(plan: TrainingPlan, groups: list[str]) -> int:
-    from fleetsim.training import first_grad_group
-
-    return first_grad_group(plan, groups)
-
-
 def _config_key(config: TinyGPTConfig) -> tuple[int, ...]:
     return (config.vocab_size, config.max_seq_len, config.n_layer, config.n_embd,
             config.n_head, config.head_size, config.ffn_size)
@@ -142,8 +137,6 @@ def _config_from_key(key: tuple[int, ...]) -> TinyGPTConfig:
 @lru_cache(maxsize=256)
 def _param_counts(key: tuple[int, ...], width: float, lora: LoraSpec | None
                   ) -> tuple[tuple[str, int], ...]:
-    from fleetsim.training import model_for_plan  # training builds on the model, as we do
-
     config = _config_from_key(key)
     plan = TrainingPlan(train=(), frozen=(), local_steps=1, batch_size=1, lr=0.0, lora=lora,
                         width=width)
@@ -157,8 +150,6 @@ def _param_counts(key: tuple[int, ...], width: float, lora: LoraSpec | None
 
 @lru_cache(maxsize=1024)
 def _step_flops(key: tuple[int, ...], plan: TrainingPlan, seq_len: int) -> float:
-    from fleetsim.training import loss_of_step, model_for_plan, prepare_model
-
     with torch.device("meta"):
         model = model_for_plan(_config_from_key(key), plan)
     prepare_model(model, plan)
