@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,3 +25,18 @@ def ray_session() -> Iterator[None]:
                  logging_level=logging.WARNING)
     yield
     ray.shutdown()
+
+
+def run_yaml(tmp_path: Path, text: str) -> tuple[dict[str, Any], Path]:
+    """Write a scenario, run it through the engine quietly; (summary, output dir)."""
+    from fleetsim.engine import run_scenario
+    from fleetsim.monitor import PlainObserver
+    from fleetsim.scenario import load_scenario
+    from fleetsim.session import RunSetup
+
+    source, out = tmp_path / "scenario.yaml", tmp_path / "out"
+    source.write_text(text)
+    with (tmp_path / "log").open("w") as log:
+        summary = asyncio.run(run_scenario(RunSetup(load_scenario(source), source), out,
+                                           PlainObserver(out, log)))
+    return summary, out

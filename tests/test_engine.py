@@ -16,7 +16,7 @@ from fleetsim.metrics import read_jsonl
 from fleetsim.monitor import PlainObserver
 from fleetsim.scenario import load_scenario
 from fleetsim.session import RunSetup
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, run_yaml
 
 WALL_FIELDS = {"wall_time_s"}
 DEVICE_FIELDS = {"device_id", "device_class", "round", "plan", "status", "peak_mem_bytes",
@@ -125,8 +125,7 @@ def test_fleet_larger_than_the_corpus_is_bad_input(tmp_path: Path,
 
 
 def test_caff_plans_per_device_in_a_real_run(tmp_path: Path) -> None:
-    source = tmp_path / "caff.yaml"
-    source.write_text("""
+    _, out = run_yaml(tmp_path, """
 name: caff-small
 rounds: 2
 model: {name: gpt-2x64}
@@ -140,10 +139,6 @@ policy: {name: caff, params: {models: [gpt-2x64]}}
 workers: {backend: local}
 eval: {every: 2, max_samples: 50}
 """)
-    scenario = load_scenario(source)
-    out = tmp_path / "out"
-    with (tmp_path / "log").open("w") as log:
-        asyncio.run(run_scenario(RunSetup(scenario, source), out, PlainObserver(out, log)))
     records = read_jsonl(out / "devices.jsonl")
     by_cap: dict[int, set[str]] = {}
     for r in records:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,17 +9,14 @@ import numpy as np
 import pytest
 
 from fleetsim.aggregate import masked_mean
-from fleetsim.engine import run_scenario
 from fleetsim.lora import adapter_shapes, init_adapters
 from fleetsim.metrics import read_jsonl
 from fleetsim.model import ZOO, TinyGPT
-from fleetsim.monitor import PlainObserver
-from fleetsim.scenario import load_scenario
-from fleetsim.session import RunSetup
 from fleetsim.training import model_state
 from fleetsim.types import LoraSpec, TrainingPlan
 from fleetsim.workers import DeviceHost, Job
 from policies import create_policy
+from tests.conftest import run_yaml
 
 CFG = ZOO["gpt-2x64"].config
 GLOBAL = LoraSpec(rank=8)
@@ -80,8 +76,7 @@ def test_devices_take_the_largest_rank_that_fits() -> None:
 
 
 def test_a_lora_run_trains_adapters_on_every_device(tmp_path: Path) -> None:
-    source = tmp_path / "lora.yaml"
-    source.write_text("""
+    summary, out = run_yaml(tmp_path, """
 name: lora-small
 rounds: 2
 model: {name: gpt-2x64}
@@ -94,11 +89,6 @@ policy: {name: lora, params: {rank: 8}}
 workers: {backend: local}
 eval: {every: 1, max_samples: 50}
 """)
-    scenario = load_scenario(source)
-    out = tmp_path / "out"
-    with (tmp_path / "log").open("w") as log:
-        summary = asyncio.run(run_scenario(RunSetup(scenario, source), out,
-                                           PlainObserver(out, log)))
     records = read_jsonl(out / "devices.jsonl")
     assert all(r["plan"].endswith(";lora=8:q_proj,v_proj") for r in records)
     assert all(r["status"] == "ok" and r["peak_mem_bytes"] <= r["mem_cap_bytes"]

@@ -3,7 +3,6 @@ allocation that crosses the cap; hosts turn that into an `oom` record; runs go o
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +10,14 @@ import pytest
 import torch
 
 from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.engine import run_scenario
 from fleetsim.errors import DeviceOOM
 from fleetsim.memory import CudaMemoryCap, MemoryMeter
 from fleetsim.metrics import read_jsonl
 from fleetsim.model import ZOO
-from fleetsim.monitor import PlainObserver
-from fleetsim.scenario import load_scenario
-from fleetsim.session import RunSetup
 from fleetsim.training import model_state
 from fleetsim.types import OptimizerSpec
 from fleetsim.workers import DeviceHost, Job
+from tests.conftest import run_yaml
 
 CFG = ZOO["gpt-2x64"].config
 SEQ = 32
@@ -92,8 +88,7 @@ def test_cuda_cap_raises_device_oom() -> None:
 def test_policy_that_ignores_caps_gets_oom_for_every_over_cap_job(
         ray_session: None, tmp_path: Path) -> None:
     policy = Path(__file__).parent / "policies" / "ignore_caps.py"
-    source = tmp_path / "caps.yaml"
-    source.write_text(f"""
+    _, out = run_yaml(tmp_path, f"""
 name: caps
 rounds: 2
 model: {{name: gpt-2x64}}
@@ -106,13 +101,9 @@ policy: {{name: "{policy}:IgnoreCaps"}}
 workers: {{count: 2}}
 eval: {{every: 2, max_samples: 50}}
 """)
-    scenario = load_scenario(source)
-    out = tmp_path / "out"
-    with (tmp_path / "log").open("w") as log:
-        asyncio.run(run_scenario(RunSetup(scenario, source), out, PlainObserver(out, log)))
     records = read_jsonl(out / "devices.jsonl")
     plan = parse_plan("full", CFG, batch_size=8)
-    predicted = predict_peak_bytes(CFG, plan, scenario.data.seq_len)
+    predicted = predict_peak_bytes(CFG, plan, 80)  # the scenario's default seq_len
     over = [r for r in records if r["mem_cap_bytes"] < predicted]
     under = [r for r in records if r["mem_cap_bytes"] >= predicted * 1.1]
     assert len(over) == 6 and len(under) == 6
