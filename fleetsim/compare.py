@@ -31,7 +31,9 @@ def comparison_rows(run_dirs: Sequence[tuple[str, Path]]) -> list[dict[str, Any]
     runs = {name: (json.loads((d / "summary.json").read_text()),
                    read_jsonl(d / "rounds.jsonl"), read_jsonl(d / "devices.jsonl"))
             for name, d in run_dirs}
-    common = min(rounds[-1]["sim_time_s"] for _, rounds, _ in runs.values())
+    # the shortest run's end, among runs in which simulated time passed at all
+    ends = [rounds[-1]["sim_time_s"] for _, rounds, _ in runs.values()]
+    common = min((t for t in ends if t > 0), default=0.0)
     return [_row(name, *runs[name], common) for name, _ in run_dirs]
 
 

@@ -28,8 +28,10 @@ def fake_run(path: Path, accuracies: list[float | None], times: list[float],
 def test_rows_use_a_common_simulated_time(tmp_path: Path) -> None:
     fast = fake_run(tmp_path / "a", [0.3, 0.4, 0.5], [10, 20, 30], ["ok", "ok", "oom"])
     slow = fake_run(tmp_path / "b", [0.2, 0.6], [25, 50], ["ok", "straggler"])
-    rows = comparison_rows([("a", fast), ("b", slow)])
-    assert [r["common_time_s"] for r in rows] == [30, 30]
+    idle = fake_run(tmp_path / "c", [0.1], [0.0], ["skipped"])  # nobody could train
+    rows = comparison_rows([("a", fast), ("b", slow), ("c", idle)])
+    assert [r["common_time_s"] for r in rows] == [30, 30, 30]
+    assert rows[2]["accuracy_at_common_time"] == 0.1 and rows[2]["contributed_share"] == 0
     assert rows[0]["accuracy_at_common_time"] == 0.5
     assert rows[1]["accuracy_at_common_time"] == 0.2  # its 0.6 came at 50 s
     assert rows[0]["oom"] == 1 and rows[1]["stragglers"] == 1
