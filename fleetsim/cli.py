@@ -14,10 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleetsim import PROJECT_ROOT
 from fleetsim.errors import ConfigError, FleetsimError
 from fleetsim.types import OptimizerSpec
+
+if TYPE_CHECKING:
+    from fleetsim.scenario import Scenario
 
 DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "default.yaml"
 OPTIMIZERS = {"sgd": OptimizerSpec("sgd"), "momentum": OptimizerSpec("sgd", momentum=0.9),
@@ -109,25 +113,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetsim.engine import run_scenario
-    from fleetsim.monitor import make_observer
     from fleetsim.scenario import load_scenario
-    from fleetsim.session import RunSetup
 
     scenario = load_scenario(args.scenario, _overrides(args))
     out_dir = _output_dir(args.out, scenario.output.dir, scenario.name)
+    _run_one(scenario, args, out_dir)
+    return 0
+
+
+def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path) -> None:
+    """Run one scenario into `out_dir`, live in a terminal, plain lines elsewhere."""
+    from fleetsim.engine import run_scenario
+    from fleetsim.monitor import make_observer
+    from fleetsim.session import RunSetup
+
     live = not args.no_live and sys.stdout.isatty()
     with make_observer(live, out_dir) as observer:
         asyncio.run(run_scenario(RunSetup(scenario, Path(args.scenario)), out_dir, observer))
-    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fleetsim.compare import comparison_rows, markdown_table, with_policy, write_comparison
-    from fleetsim.engine import run_scenario
-    from fleetsim.monitor import make_observer
     from fleetsim.scenario import load_scenario
-    from fleetsim.session import RunSetup
     from policies import registered
 
     scenario = load_scenario(args.scenario, _overrides(args))
@@ -139,13 +146,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               f"registered: {', '.join(known)}")
     out_dir = _output_dir(args.out, scenario.output.dir, f"{scenario.name}-compare",
                           marker="comparison.csv")
-    live = not args.no_live and sys.stdout.isatty()
     run_dirs = []
     for name in names:
         run_dir = out_dir / name.replace("/", "_").replace(":", "_")
-        with make_observer(live, run_dir) as observer:
-            asyncio.run(run_scenario(RunSetup(with_policy(scenario, name), Path(args.scenario)),
-                                     run_dir, observer))
+        _run_one(with_policy(scenario, name), args, run_dir)
         run_dirs.append((name, run_dir))
     rows = comparison_rows(run_dirs)
     write_comparison(out_dir, rows)

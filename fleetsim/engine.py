@@ -29,6 +29,7 @@ from fleetsim.session import (
     prepare_run,
     seed_of,
     stream,
+    training_defaults,
 )
 from fleetsim.types import (
     DeviceRecord,
@@ -86,7 +87,7 @@ async def play_round(run: Run, r: int, state: ModelState,
     now = run.clock.now_s
     sel = run.scenario.selection
     ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, now), run.model,
-                       run.training_for(r), sel.deadline_s, previous, policy_rng)
+                       training_defaults(run.scenario, r), sel.deadline_s, previous, policy_rng)
     plans = checked_plans(ctx, run.policy.plan_round(ctx))
     devices = {d.device_id: d for d in ctx.devices}
     jobs = [clock_job(run.model.config, plan, devices[d], ctx.training.seq_len)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from fleetsim.clock import ClockJob
-from fleetsim.cost import estimate_cost, predict_peak_bytes
+from fleetsim.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -82,9 +82,8 @@ def within_budgets(config: Any, plan: TrainingPlan, device: DeviceState,
 
 def clock_job(config: Any, plan: TrainingPlan, device: DeviceState, seq_len: int) -> ClockJob:
     """What the clock needs to time this device's round under this plan."""
-    cost = estimate_cost(config, plan, seq_len)
-    return ClockJob(device.device_id, cost.download_bytes, cost.upload_bytes,
-                    cost.flops_per_step * plan.local_steps, device.flops_per_s,
+    return ClockJob(device.device_id, download_bytes(config, plan), upload_bytes(config, plan),
+                    step_flops(config, plan, seq_len) * plan.local_steps, device.flops_per_s,
                     device.downlink_bps, device.uplink_bps, device.latency_s,
                     device.compute_jitter)
 

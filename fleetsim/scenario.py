@@ -163,8 +163,8 @@ def resolve(scenario: Scenario, path: Path) -> Scenario:
     for i, entry in enumerate(scenario.fleet):
         if entry.device_class not in classes:
             classes[entry.device_class] = load_device_class(entry.device_class, path, i)
-        merged = {**classes[entry.device_class].model_dump(), **entry.overrides}
-        parse_model(DeviceProfile, merged, path, prefix=f"fleet[{i}].overrides")
+        parse_model(DeviceProfile, _with_overrides(classes[entry.device_class], entry), path,
+                    prefix=f"fleet[{i}].overrides")
     check_names(scenario, path)
     if scenario.selection.min_updates > scenario.selection.devices_per_round:
         raise ConfigError(path, "selection.min_updates", "must not exceed devices_per_round")
@@ -202,10 +202,15 @@ def device_profiles(scenario: Scenario) -> list[DeviceProfile]:
     """One profile per device, in device-id order (fleet entries in file order)."""
     profiles = []
     for entry in scenario.fleet:
-        base = scenario.device_classes[entry.device_class].model_dump()
-        profile = DeviceProfile.model_validate({**base, **entry.overrides})
+        base = scenario.device_classes[entry.device_class]
+        profile = DeviceProfile.model_validate(_with_overrides(base, entry))
         profiles += [profile] * entry.count
     return profiles
+
+
+def _with_overrides(profile: DeviceProfile, entry: FleetEntry) -> dict[str, Any]:
+    """A fleet entry's profile, unvalidated: its class with the entry's overrides."""
+    return {**profile.model_dump(), **entry.overrides}
 
 
 def load_device_class(name: str, scenario_path: Path, index: int) -> DeviceProfile:

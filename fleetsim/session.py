@@ -84,9 +84,6 @@ class Run:
         picked = sorted(int(i) for i in rng.choice(online, size=count, replace=False))
         return tuple(self.fleet.state(i, now_s) for i in picked)
 
-    def training_for(self, r: int) -> TrainingDefaults:
-        return training_defaults(self.scenario, r)
-
     def describe(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "policy": self.scenario.policy.name,
                 "model": self.model.name, "rounds": self.scenario.rounds,

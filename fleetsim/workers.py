@@ -13,7 +13,8 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -192,17 +193,22 @@ class HostPool:
         return sorted(results, key=lambda r: r.device_id)
 
     async def evaluate(self, shared_state: Any, windows: np.ndarray) -> dict[str, float]:
-        host = await self.idle.get()
-        try:
+        async with self._borrow() as host:
             if self.use_ray:
                 return await host.evaluate.remote(shared_state, windows)
             return await asyncio.to_thread(host.evaluate, shared_state, windows)
+
+    @asynccontextmanager
+    async def _borrow(self) -> AsyncIterator[Any]:
+        """The first idle host, for one call; it goes back to the queue afterwards."""
+        host = await self.idle.get()
+        try:
+            yield host
         finally:
             self.idle.put_nowait(host)
 
     async def _run(self, job: Job, shared_state: Any) -> JobResult:
-        host = await self.idle.get()
-        try:
+        async with self._borrow() as host:
             if not self.use_ray:
                 return await asyncio.to_thread(host.train, job, shared_state)
             from ray.exceptions import RayActorError
@@ -213,8 +219,6 @@ class HostPool:
                 log.warning("host lost while training device %d: %r", job.device_id, err)
                 return JobResult(job.device_id, "failed", None, None, 0, 0.0, "lost",
                                  f"host lost: {type(err).__name__}")
-        finally:
-            self.idle.put_nowait(host)
 
     def close(self) -> None:
         if self.use_ray:
