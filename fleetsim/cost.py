@@ -15,9 +15,10 @@ from functools import lru_cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fleetsim.model import TinyGPTConfig, group_of, layer_groups, width_config
+from fleetsim.model import TinyGPTConfig, group_of, layer_groups, sub_config
+from fleetsim.submodel import first_slice, shape_of, uniform
 from fleetsim.training import first_grad_group, loss_of_step, model_for_plan, prepare_model
-from fleetsim.types import LoraSpec, OptimizerSpec, TrainingPlan
+from fleetsim.types import LoraSpec, OptimizerSpec, Slices, TrainingPlan
 
 FLOAT_BYTES = 4  # weights, updates and activations are float32
 
@@ -43,8 +44,8 @@ def estimate_cost(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> Pl
 def group_param_counts(config: TinyGPTConfig, plan: TrainingPlan | None = None
                        ) -> dict[str, int]:
     """Parameters per layer group of the model a plan trains (LoRA adapters under "lora")."""
-    width, lora = (plan.width, plan.lora) if plan else (1.0, None)
-    return dict(_param_counts(_config_key(config), width, lora))
+    slices, lora = (shape_of(plan.slices), plan.lora) if plan else ((), None)
+    return dict(_param_counts(_config_key(config), slices, lora))
 
 
 def download_bytes(config: TinyGPTConfig, plan: TrainingPlan) -> int:
@@ -74,41 +75,49 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
       - the same, one step later: the head's activations freed, the last block's FFN
         backward holding its input gradient and the head's and fc_out's weight gradients.
     """
-    cfg = width_config(config, plan.width)
-    d, inner, ffn, heads = cfg.n_embd, cfg.attn_size, cfg.ffn_size, cfg.n_head
-    t, vocab = seq_len, cfg.vocab_size
+    cfg = sub_config(config, plan.slices)
+    d, vocab, t = cfg.n_embd, cfg.vocab_size, seq_len
     per_token = plan.batch_size * t * FLOAT_BYTES  # bytes of one float per token
     counts = group_param_counts(config, plan)
     groups = [g for g in layer_groups(cfg.n_layer) if g in {*plan.train, *plan.frozen}]
     weights = FLOAT_BYTES * (sum(counts[g] for g in groups) + counts["lora"])
     trainable = FLOAT_BYTES * _trainable_params(counts, plan)
     first = first_grad_group(plan, groups)
-    grad_blocks = [g for g in groups[first:] if g.startswith("block.")]
+    grad_blocks = [_block(g) for g in groups[first:] if g.startswith("block.")]
     head_saved = 2 * d + vocab + 4
-    blocks_saved = sum(_block_saved(cfg, plan, g in plan.train, t) for g in grad_blocks)
+    blocks_saved = sum(_block_saved(cfg, b, plan, f"block.{b}" in plan.train, t)
+                       for b in grad_blocks)
     saved = (blocks_saved + head_saved + 2) * per_token  # + the token ids
-    frozen_blocks = [g for g in groups[:first] if g.startswith("block.")]
     candidates = [saved + 2 * vocab * per_token]
-    if frozen_blocks:
-        candidates.append((2 * d + 5 * inner + 2 * heads * t) * per_token)
+    for b in (_block(g) for g in groups[:first] if g.startswith("block.")):
+        heads = cfg.block_heads[b]
+        candidates.append((2 * d + 5 * heads * cfg.head_size + 2 * heads * t) * per_token)
     if grad_blocks:
+        last = grad_blocks[-1]
+        units = cfg.block_units[last]
         weight_grads = FLOAT_BYTES * counts["head"] if "head" in plan.train else 0
-        if grad_blocks[-1] in plan.train:
-            weight_grads += FLOAT_BYTES * (ffn * d + d)  # fc_out weight and bias
-        candidates.append(saved + (d + ffn - head_saved) * per_token + weight_grads)
+        if f"block.{last}" in plan.train:
+            weight_grads += FLOAT_BYTES * (units * d + d)  # fc_out weight and bias
+        candidates.append(saved + (d + units - head_saved) * per_token + weight_grads)
     return int(weights + plan.optimizer.state_slots * trainable + max(candidates))
 
 
-def _block_saved(cfg: TinyGPTConfig, plan: TrainingPlan, trained: bool, t: int) -> int:
+def _block(group: str) -> int:
+    return int(group.split(".")[1])
+
+
+def _block_saved(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bool,
+                 t: int) -> int:
     """Floats per token a block in grad mode saves for backward. Always: both LayerNorm
     inputs (+ statistics), the contiguous q, k, v, the attention probabilities and the
     FFN pre-activation. A linear layer's input only when its weight trains (or carries
     an adapter, which also saves its rank-wide output)."""
-    d, inner, ffn = cfg.n_embd, cfg.attn_size, cfg.ffn_size
+    d, heads, ffn = cfg.n_embd, cfg.block_heads[block], cfg.block_units[block]
+    inner = heads * cfg.head_size
     targets = set(plan.lora.targets) if plan.lora else set()
     needs_input = {name: trained or name in targets
                    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out")}
-    floats = 2 * d + 4 + 3 * inner + cfg.n_head * t + ffn
+    floats = 2 * d + 4 + 3 * inner + heads * t + ffn
     floats += d if needs_input["q_proj"] or needs_input["k_proj"] or needs_input["v_proj"] else 0
     floats += inner if needs_input["o_proj"] else 0
     floats += d if needs_input["fc_in"] else 0
@@ -119,7 +128,8 @@ def _block_saved(cfg: TinyGPTConfig, plan: TrainingPlan, trained: bool, t: int) 
 def step_flops(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> float:
     """FLOPs of one forward+backward step, counted by torch's flop counter."""
     shape_only = replace(plan, local_steps=1, lr=0.0, optimizer=OptimizerSpec(),
-                         train=tuple(sorted(plan.train)), frozen=tuple(sorted(plan.frozen)))
+                         train=tuple(sorted(plan.train)), frozen=tuple(sorted(plan.frozen)),
+                         slices=shape_of(plan.slices))
     return _step_flops(_config_key(config), shape_only, seq_len)
 
 
@@ -135,11 +145,11 @@ def _config_from_key(key: tuple[int, ...]) -> TinyGPTConfig:
 
 
 @lru_cache(maxsize=256)
-def _param_counts(key: tuple[int, ...], width: float, lora: LoraSpec | None
+def _param_counts(key: tuple[int, ...], slices: Slices, lora: LoraSpec | None
                   ) -> tuple[tuple[str, int], ...]:
     config = _config_from_key(key)
     plan = TrainingPlan(train=(), frozen=(), local_steps=1, batch_size=1, lr=0.0, lora=lora,
-                        width=width)
+                        slices=slices)
     with torch.device("meta"):
         model = model_for_plan(config, plan)
     counts = dict.fromkeys([*layer_groups(config.n_layer), "lora"], 0)
@@ -165,14 +175,14 @@ def parse_plan(spec: str, config: TinyGPTConfig, batch_size: int,
                optimizer: OptimizerSpec = OptimizerSpec(), local_steps: int = 1,
                lr: float = 0.0) -> TrainingPlan:
     """A plan from a short spec: `full`, `last:N` (the last N blocks and the head),
-    `head`, `lora:R` (rank R on q and v, head trained), `width:S` (sub-model at width S,
-    trained end to end). Raises ValueError for anything else."""
+    `head`, `lora:R` (rank R on q and v, head trained), `width:S` (every block at width S,
+    its first heads and units, trained end to end). Raises ValueError for anything else."""
     groups = tuple(layer_groups(config.n_layer))
     kind, _, arg = spec.partition(":")
 
     def plan(train: tuple[str, ...], frozen: tuple[str, ...], lora: LoraSpec | None = None,
-             width: float = 1.0) -> TrainingPlan:
-        return TrainingPlan(train, frozen, local_steps, batch_size, lr, optimizer, lora, width)
+             slices: Slices = ()) -> TrainingPlan:
+        return TrainingPlan(train, frozen, local_steps, batch_size, lr, optimizer, lora, slices)
 
     if kind == "full" and not arg:
         return plan(groups, ())
@@ -184,7 +194,7 @@ def parse_plan(spec: str, config: TinyGPTConfig, batch_size: int,
     if kind == "lora" and arg.isdigit() and int(arg) > 0:
         return plan(groups[-1:], groups[:-1], lora=LoraSpec(rank=int(arg)))
     if kind == "width" and _is_fraction(arg):
-        return plan(groups, (), width=float(arg))
+        return plan(groups, (), slices=uniform(config, first_slice(config, float(arg))))
     raise ValueError(f"bad plan {spec!r}: use full, head, last:N (0..{config.n_layer}), "
                      "lora:R or width:S (0 < S <= 1)")
 

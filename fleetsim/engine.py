@@ -34,6 +34,7 @@ from fleetsim.session import (
 from fleetsim.types import (
     DeviceRecord,
     LoraSpec,
+    ModelInfo,
     ModelState,
     RoundContext,
     RoundRecord,
@@ -64,7 +65,7 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer) -
     run = await prepare_run(run_setup, out_dir, observer)
     try:
         state = run.initial_state
-        initial = await evaluate(run, state)
+        initial = await evaluate(run, state, -1)
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy})
         records: list[RoundRecord] = []
         for r in range(run.scenario.rounds):
@@ -103,7 +104,7 @@ async def play_round(run: Run, r: int, state: ModelState,
         state = run.policy.aggregate(ctx, state, updates)
     last = r == run.scenario.rounds - 1
     due = last or (r + 1) % run.scenario.eval.every == 0
-    evaluation = await evaluate(run, state) if due else None
+    evaluation = await evaluate(run, state, r) if due else None
     device_records = _device_records(ctx, plans, {j.device_id: j for j in jobs}, timing,
                                      results)
     record = _round_record(r, timing, time.perf_counter() - wall_start, evaluation,
@@ -113,9 +114,20 @@ async def play_round(run: Run, r: int, state: ModelState,
     return record, state
 
 
-async def evaluate(run: Run, state: ModelState) -> Evaluation:
-    metrics = await run.pool.evaluate(run.pool.share(state), run.eval_windows)
+async def evaluate(run: Run, state: ModelState, r: int) -> Evaluation:
+    """Evaluate the model the policy defines after round `r` (-1: before the first)."""
+    plan = evaluation_plan(run.model, run.policy, r)
+    metrics = await run.pool.evaluate(run.pool.share(state), run.eval_windows, plan)
     return Evaluation(metrics["accuracy"], metrics["loss"])
+
+
+def evaluation_plan(model: ModelInfo, policy: Any, r: int) -> TrainingPlan:
+    """The evaluated model as a plan to run forward: the whole model with the global
+    adapters, or the sub-model a policy's `evaluated_slices(r)` names."""
+    pick = getattr(policy, "evaluated_slices", None)
+    slices = pick(r) if pick is not None else ()
+    return TrainingPlan(train=(), frozen=model.groups, local_steps=1, batch_size=1, lr=0.0,
+                        lora=model.adapters, slices=slices)
 
 
 def _job_seed(seed: int, r: int, device_id: int) -> int:
@@ -157,11 +169,22 @@ def checked_plans(ctx: RoundContext, plans: Mapping[int, TrainingPlan]
         problem = ("was not selected" if device_id not in selected
                    else "names unknown groups" if not set(plan.train) | set(plan.frozen)
                    <= set(ctx.model.groups)
-                   else "trains a sub-model, which hosts do not run yet" if plan.width != 1.0
-                   else _adapter_problem(plan, ctx.model.adapters))
+                   else _slice_problem(plan, ctx.model.config)
+                   or _adapter_problem(plan, ctx.model.adapters))
         if problem:
             raise FleetsimError(f"policy planned device {device_id}, which {problem}")
     return dict(sorted(plans.items()))
+
+
+def _slice_problem(plan: TrainingPlan, config: Any) -> str:
+    blocks = {f"block.{b}" for b in range(config.n_layer)}
+    for group, part in plan.slices:
+        if group not in blocks or plan.lora is not None:
+            return "slices a block it cannot (LoRA plans and non-blocks cannot be sliced)"
+        for ids, total in ((part.heads, config.n_head), (part.units, config.ffn_size)):
+            if not ids or list(ids) != sorted(set(ids)) or ids[0] < 0 or ids[-1] >= total:
+                return f"slices {group} with bad indices (sorted, distinct, < {total})"
+    return ""
 
 
 def _adapter_problem(plan: TrainingPlan, adapters: LoraSpec | None) -> str:
@@ -174,13 +197,17 @@ def _adapter_problem(plan: TrainingPlan, adapters: LoraSpec | None) -> str:
 
 
 def describe_plan(plan: Any) -> str:
-    """A short, stable text for a plan: trained and frozen groups, adapters, width."""
+    """A short, stable text for a plan: trained and frozen groups, adapters, and the
+    heads/units each sliced block keeps."""
     if plan is None:
         return "-"
     text = f"train={','.join(plan.train)};frozen={','.join(plan.frozen)}"
     if plan.lora is not None:
         text += f";lora={plan.lora.rank}:{','.join(plan.lora.targets)}"
-    return text + (f";width={plan.width}" if plan.width != 1.0 else "")
+    if plan.slices:
+        text += ";slices=" + ",".join(f"{g}:{len(p.heads)}h{len(p.units)}u"
+                                      for g, p in plan.slices)
+    return text
 
 
 def _round_record(r: int, timing: RoundTiming, wall_s: float, evaluation: Evaluation | None,

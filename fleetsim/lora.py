@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from fleetsim.model import TinyGPTConfig
-from fleetsim.types import LoraSpec, ModelState
+from fleetsim.types import LoraSpec
 
 _PEFT_PARTS = ((".base_layer.", "."), (".lora_A.default.", ".lora_A."),
                (".lora_B.default.", ".lora_B."))
@@ -60,26 +59,11 @@ def init_adapters(config: TinyGPTConfig, spec: LoraSpec, seed: int) -> dict[str,
     return adapters
 
 
-def local_view(key: str, global_tensor: np.ndarray, rank: int) -> np.ndarray:
-    """The part of a global tensor a rank-`rank` device holds."""
+def adapter_index(key: str, rank: int) -> tuple[np.ndarray | slice, ...] | None:
+    """Where a rank-`rank` device's adapter tensor sits in the global one: the first
+    `rank` rows of A, the first `rank` columns of B (None: not an adapter)."""
     if ".lora_A." in key:
-        return global_tensor[:rank]
+        return (np.arange(rank), slice(None))
     if ".lora_B." in key:
-        return global_tensor[:, :rank]
-    return global_tensor
-
-
-def local_index(key: str, local: np.ndarray) -> tuple[np.ndarray, ...] | None:
-    """Where a device's adapter tensor sits in the global one (None: the whole tensor)."""
-    if ".lora_A." not in key and ".lora_B." not in key:
-        return None
-    return np.ix_(np.arange(local.shape[0]), np.arange(local.shape[1]))
-
-
-def load_into(model: torch.nn.Module, state: ModelState, rank: int) -> None:
-    """Copy the global state into a (possibly peft-injected) model, adapters sliced."""
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            name = global_key(key)
-            source = local_view(name, np.asarray(state[name]), rank)
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(source)).to(tensor.device))
+        return (slice(None), np.arange(rank))
+    return None

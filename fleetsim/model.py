@@ -2,7 +2,8 @@
 
 A `TinyGPTConfig` plus a `PreTrainedModel`, so `save_pretrained`/`from_pretrained` and
 `peft` work. Blocks are pre-LayerNorm; attention keeps separate q/k/v/o projections and
-the FFN two linears, so heads and hidden units can be sliced by sub-model policies.
+the FFN two linears, so heads and hidden units can be sliced by sub-model policies (a
+sub-model's config says how many heads and units each block keeps).
 The output head is untied from the embeddings (CAFF trains the head without them).
 
 Layer groups, in forward order: "embed" (token + position embeddings), "block.0" ..
@@ -22,6 +23,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import logging as hf_logging
 
 from fleetsim.data import VOCAB_SIZE
+from fleetsim.types import Slices
 
 hf_logging.disable_progress_bar()  # save/load bars would break the live view
 hf_logging.set_verbosity_error()
@@ -39,6 +41,8 @@ class TinyGPTConfig(PretrainedConfig):
         n_head: int = 4,
         head_size: int | None = None,  # default n_embd // n_head; fixed when heads are sliced
         ffn_size: int | None = None,  # FFN hidden units, default 4 * n_embd
+        block_heads: list[int] | None = None,  # per block, for sub-models (default n_head)
+        block_units: list[int] | None = None,  # per block, for sub-models (default ffn_size)
         **kwargs: Any,
     ) -> None:
         if head_size is None and n_embd % n_head:
@@ -47,6 +51,8 @@ class TinyGPTConfig(PretrainedConfig):
         self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
         self.head_size = head_size or n_embd // n_head
         self.ffn_size = ffn_size or 4 * n_embd
+        self.block_heads = block_heads or [self.n_head] * n_layer
+        self.block_units = block_units or [self.ffn_size] * n_layer
         super().__init__(**kwargs)
 
     @property
@@ -55,24 +61,27 @@ class TinyGPTConfig(PretrainedConfig):
         return self.n_head * self.head_size
 
 
-def width_config(config: TinyGPTConfig, width: float) -> TinyGPTConfig:
-    """The sub-model at width fraction `width`: floor(width * C) heads and FFN units per
-    block (at least one), with the residual width and the output layer kept full."""
-    if width == 1.0:
+def sub_config(config: TinyGPTConfig, slices: Slices) -> TinyGPTConfig:
+    """The config of the sub-model that keeps `slices` of the named blocks."""
+    if not slices:
         return config
+    heads, units = list(config.block_heads), list(config.block_units)
+    for group, part in slices:
+        block = int(group.split(".")[1])
+        heads[block], units[block] = len(part.heads), len(part.units)
     return TinyGPTConfig(
         vocab_size=config.vocab_size, max_seq_len=config.max_seq_len, n_layer=config.n_layer,
-        n_embd=config.n_embd, n_head=max(1, int(width * config.n_head)),
-        head_size=config.head_size, ffn_size=max(1, int(width * config.ffn_size)))
+        n_embd=config.n_embd, n_head=config.n_head, head_size=config.head_size,
+        ffn_size=config.ffn_size, block_heads=heads, block_units=units)
 
 
 class Attention(nn.Module):
     """Causal multi-head self-attention, written out (no fused kernel) so that its FLOPs
     are counted and its saved activations are the same on every device and backend."""
 
-    def __init__(self, cfg: TinyGPTConfig) -> None:
+    def __init__(self, cfg: TinyGPTConfig, block: int) -> None:
         super().__init__()
-        d, inner = cfg.n_embd, cfg.attn_size
+        d, inner = cfg.n_embd, cfg.block_heads[block] * cfg.head_size
         self.head_size = cfg.head_size
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, inner) for _ in range(3))
         self.o_proj = nn.Linear(inner, d)
@@ -92,20 +101,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: TinyGPTConfig) -> None:
+    def __init__(self, cfg: TinyGPTConfig, block: int) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(cfg.n_embd, cfg.ffn_size)
-        self.fc_out = nn.Linear(cfg.ffn_size, cfg.n_embd)
+        units = cfg.block_units[block]
+        self.fc_in = nn.Linear(cfg.n_embd, units)
+        self.fc_out = nn.Linear(units, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_out(F.gelu(self.fc_in(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TinyGPTConfig) -> None:
+    def __init__(self, cfg: TinyGPTConfig, block: int) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
-        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.attn, self.mlp = Attention(cfg, block), MLP(cfg, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -121,7 +131,7 @@ class TinyGPT(PreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.max_seq_len, config.n_embd)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()

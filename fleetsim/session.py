@@ -25,7 +25,6 @@ from fleetsim.pretrain import load_pretrained
 from fleetsim.scenario import Scenario, device_profiles, scenario_to_yaml
 from fleetsim.types import (
     DeviceState,
-    LoraSpec,
     ModelInfo,
     ModelState,
     OptimizerSpec,
@@ -123,7 +122,7 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     defaults = training_defaults(scenario, 0)
     devices = tuple(fleet.state(i, 0.0) for i in range(len(fleet)))
     choice = policy.setup(SetupContext(devices, scenario.model.name, defaults,
-                                       scenario.selection.deadline_s))
+                                       scenario.selection.deadline_s, scenario.rounds))
     if choice.model_name not in ZOO:
         raise ConfigError(setup.source, "model.name", f"unknown zoo model {choice.model_name!r};"
                           f" known: {', '.join(ZOO)}")
@@ -138,7 +137,7 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
                      config, choice.adapters)
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
-    pool = start_pool(scenario, config, data, choice.adapters)
+    pool = start_pool(scenario, config, data)
     try:
         windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
     except BaseException:
@@ -161,15 +160,14 @@ def load_data(scenario: Scenario, source: Path) -> FederatedData:
         raise ConfigError(source, "fleet", f"one client per device: {err}") from None
 
 
-def start_pool(scenario: Scenario, config: Any, data: FederatedData,
-               adapters: LoraSpec | None = None) -> HostPool:
+def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:
     workers = scenario.workers
     windows = [c.train for c in data.clients]
     largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
     options = HostOptions(threads=workers.threads_per_host, device=workers.device,
                           rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
     if workers.backend == "local":
-        return HostPool.start("local", 1, config, windows, options, adapters=adapters)
+        return HostPool.start("local", 1, config, windows, options)
     import ray
 
     if not ray.is_initialized():
@@ -179,8 +177,7 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData,
         count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
     else:
         count = workers.count
-    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host,
-                          adapters)
+    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host)
 
 
 def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:

@@ -17,15 +17,16 @@ import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from fleetsim.lora import global_key, load_into, local_index
-from fleetsim.model import TinyGPT, TinyGPTConfig, group_of, layer_groups, width_config
+from fleetsim.lora import adapter_index, global_key
+from fleetsim.model import TinyGPT, TinyGPTConfig, group_of, layer_groups, sub_config
+from fleetsim.submodel import Index, slice_index
 from fleetsim.types import ModelState, TrainingPlan
 
 
 def model_for_plan(config: TinyGPTConfig, plan: TrainingPlan) -> TinyGPT:
-    """A fresh model shaped for the plan: the sub-model for `width` < 1, with peft's LoRA
+    """A fresh model shaped for the plan: the sub-model its slices keep, with peft's LoRA
     adapters injected for a LoRA plan. Built on the current default device."""
-    model = TinyGPT(width_config(config, plan.width))
+    model = TinyGPT(sub_config(config, plan.slices))
     if plan.lora is not None:
         spec = plan.lora
         lora = LoraConfig(r=spec.rank, lora_alpha=spec.scale * spec.rank,
@@ -125,33 +126,39 @@ def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: i
     return total / plan.local_steps, float(step_flops * plan.local_steps)
 
 
-def load_state(model: TinyGPT, state: ModelState) -> None:
-    """Copy a global state into the model in place (adapters sliced to its rank)."""
-    load_into(model, state, rank=_adapter_rank(model))
+def tensor_index(name: str, plan: TrainingPlan, head_size: int) -> Index | None:
+    """Where the plan's model holds a part of global tensor `name` (None: the whole)."""
+    if plan.lora is not None and "lora_" in name:
+        return adapter_index(name, plan.lora.rank)
+    return slice_index(name, plan.slices, head_size)
+
+
+def load_state(model: TinyGPT, state: ModelState, plan: TrainingPlan) -> None:
+    """Copy a global state into the plan's model in place: sliced to its sub-model and
+    its adapter rank."""
+    head_size = model.config.head_size
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            name = global_key(key)
+            where = tensor_index(name, plan, head_size)
+            source = np.asarray(state[name]) if where is None else state[name][where]
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(source)).to(tensor.device))
 
 
 def export_update(model: TinyGPT, plan: TrainingPlan
-                  ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, ...]]]:
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Index]]:
     """What a device uploads: the trained groups and its adapters, as float32 copies
-    under their global names, with where each adapter sits in the global one."""
+    under their global names, with where each part sits in the global tensor."""
     wanted = set(plan.train)
     tensors, index = {}, {}
     for key, tensor in model.state_dict().items():
         name = global_key(key)
         if group_of(name) in wanted or "lora_" in name:
             tensors[name] = tensor.detach().cpu().numpy().copy()
-            where = local_index(name, tensors[name])
+            where = tensor_index(name, plan, model.config.head_size)
             if where is not None:
                 index[name] = where
     return tensors, index
-
-
-def _adapter_rank(model: TinyGPT) -> int:
-    for module in model.modules():
-        ranks = getattr(module, "r", None)
-        if isinstance(ranks, dict) and ranks:
-            return int(next(iter(ranks.values())))
-    return 0
 
 
 def model_state(model: TinyGPT) -> dict[str, np.ndarray]:

@@ -58,13 +58,27 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class Slice:
+    """The part of one block a sub-model keeps: attention heads and FFN hidden units, by
+    their (sorted) index in the global block. The residual width is never sliced."""
+
+    heads: tuple[int, ...]
+    units: tuple[int, ...]
+
+
+# Sliced blocks of a plan, by group name ("block.i"); blocks not named keep full width.
+Slices = tuple[tuple[str, Slice], ...]
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     """What one device does this round.
 
     `train` groups get gradients and are uploaded; `frozen` groups run forward only;
     groups in neither are left out. Group names are those of `fleetsim.model.layer_groups`.
-    With `lora`, adapters on the frozen blocks train too (and are uploaded). With
-    `width` < 1 the device trains the sub-model of that width (see `width_config`).
+    With `lora`, adapters on the frozen blocks train too (and are uploaded). Blocks
+    named in `slices` are held at reduced width: the device slices them out of the
+    global tensors and uploads the sliced tensors with where they sit.
     """
 
     train: tuple[str, ...]
@@ -74,21 +88,22 @@ class TrainingPlan:
     lr: float
     optimizer: OptimizerSpec = OptimizerSpec()
     lora: LoraSpec | None = None
-    width: float = 1.0
+    slices: Slices = ()
 
 
 @dataclass(frozen=True)
 class Update:
     """What a device sends back: trained tensors, where they sit, and their weight.
 
-    `index[name]`, when present, is a tuple of per-dimension index arrays (numpy `ix_`
-    style) locating `tensors[name]` inside the global tensor; absent means the whole.
+    `index[name]`, when present, locates `tensors[name]` inside the global tensor: one
+    entry per dimension, an integer array or a whole-axis slice (numpy indexing, as in
+    `global[index] = tensor`); absent means the whole.
     """
 
     device_id: DeviceId
     weight: float
     tensors: Mapping[str, np.ndarray]
-    index: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    index: Mapping[str, tuple[np.ndarray | slice, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,7 @@ class SetupContext:
     model_name: str  # the scenario's model
     training: TrainingDefaults
     deadline_s: float  # a round's deadline: the time budget of a device's round
+    total_rounds: int
 
 
 @dataclass(frozen=True)

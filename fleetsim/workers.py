@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetsim.types import LoraSpec, ModelState, Status, TrainingPlan, Update
+from fleetsim.types import LoraSpec, ModelState, Slices, Status, TrainingPlan, Update
 
 log = logging.getLogger(__name__)
 HOST_RESTARTS = 3
@@ -56,12 +56,11 @@ class HostOptions:
 
 class DeviceHost:
     """Emulates devices one at a time, each under its memory cap; used in-process or
-    inside a Ray actor. Models (one per plan shape: plain, or with LoRA adapters of a
-    rank) and the fleet's data are built once per host and reused."""
+    inside a Ray actor. Models (one per plan shape: sub-model widths, LoRA rank) and the
+    fleet's data are built once per host and reused."""
 
     def __init__(self, host_id: str, model_config: Any, train_windows: Sequence[np.ndarray],
-                 options: HostOptions = HostOptions(), adapters: LoraSpec | None = None
-                 ) -> None:
+                 options: HostOptions = HostOptions()) -> None:
         import torch
 
         from fleetsim.memory import limit_process_data
@@ -69,27 +68,29 @@ class DeviceHost:
         torch.set_num_threads(options.threads)
         self.host = f"{socket.gethostname()}/{host_id}/pid{os.getpid()}"
         self.device = torch.device(options.device)
-        self.config, self.adapters = model_config, adapters
-        self.models: dict[LoraSpec | None, Any] = {}
+        self.config = model_config
+        self.models: dict[tuple[LoraSpec | None, Slices], Any] = {}
         self.train_windows = train_windows
         if options.rlimit_margin_bytes is not None:
             limit_process_data(options.rlimit_margin_bytes)
 
-    def model_for(self, lora: LoraSpec | None) -> Any:
-        if lora not in self.models:
-            from fleetsim.training import model_for_plan
+    def model_for(self, plan: TrainingPlan, state: ModelState) -> Any:
+        """The host's model of the plan's shape, loaded with its part of `state`."""
+        from fleetsim.submodel import shape_of
+        from fleetsim.training import load_state, model_for_plan
 
-            plan = TrainingPlan(train=(), frozen=(), local_steps=1, batch_size=1, lr=0.0,
-                                lora=lora)
-            self.models[lora] = model_for_plan(self.config, plan).to(self.device)  # type: ignore[arg-type]
-        return self.models[lora]
+        shape = (plan.lora, shape_of(plan.slices))
+        if shape not in self.models:
+            self.models[shape] = model_for_plan(self.config, plan).to(self.device)  # type: ignore[arg-type]
+        model = self.models[shape]
+        load_state(model, state, plan)
+        return model
 
     def train(self, job: Job, state: ModelState) -> JobResult:
         from fleetsim.errors import DeviceOOM
-        from fleetsim.training import export_update, load_state
+        from fleetsim.training import export_update
 
-        model = self.model_for(job.plan.lora)
-        load_state(model, state)
+        model = self.model_for(job.plan, state)
         windows = self.train_windows[job.device_id]
         model.zero_grad(set_to_none=True)  # nothing of the previous device stays
         try:
@@ -119,13 +120,12 @@ class DeviceHost:
         loss, flops = train_local(model, job.plan, windows, job.seed, meter=meter)
         return loss, flops, meter.peak_bytes
 
-    def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
-        """The global model: with its adapters at full rank when it carries them."""
-        from fleetsim.training import evaluate, load_state
+    def evaluate(self, state: ModelState, windows: np.ndarray, plan: TrainingPlan
+                 ) -> dict[str, float]:
+        """The model the plan describes (the policy's evaluated model), from `state`."""
+        from fleetsim.training import evaluate
 
-        model = self.model_for(self.adapters)
-        load_state(model, state)
-        return dict(evaluate(model, windows))
+        return dict(evaluate(self.model_for(plan, state), windows))
 
 
 class AsyncDeviceHost:
@@ -138,8 +138,9 @@ class AsyncDeviceHost:
     async def train(self, job: Job, state: ModelState) -> JobResult:
         return await asyncio.to_thread(self.host.train, job, state)
 
-    async def evaluate(self, state: ModelState, windows: np.ndarray) -> dict[str, float]:
-        return await asyncio.to_thread(self.host.evaluate, state, windows)
+    async def evaluate(self, state: ModelState, windows: np.ndarray, plan: TrainingPlan
+                       ) -> dict[str, float]:
+        return await asyncio.to_thread(self.host.evaluate, state, windows, plan)
 
 
 class HostPool:
@@ -156,10 +157,10 @@ class HostPool:
     @classmethod
     def start(cls, backend: str, count: int, model_config: Any,
               train_windows: Sequence[np.ndarray], options: HostOptions,
-              gpus_per_host: float = 0.0, adapters: LoraSpec | None = None) -> HostPool:
+              gpus_per_host: float = 0.0) -> HostPool:
         if backend == "local":
             local = replace(options, rlimit_margin_bytes=None)  # never limit the driver
-            host = DeviceHost("local", model_config, train_windows, local, adapters)
+            host = DeviceHost("local", model_config, train_windows, local)
             return cls([host], use_ray=False)
         import ray
 
@@ -167,7 +168,7 @@ class HostPool:
         remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host,
                                  max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
         windows_ref = ray.put(list(train_windows))
-        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options, adapters)
+        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options)
                  for i in range(count)]
         pool = cls(hosts, use_ray=True)
         pool.pinned = [windows_ref]  # a restarted host reads its data from here again
@@ -192,11 +193,12 @@ class HostPool:
         results = await asyncio.gather(*(self._run(job, shared_state) for job in jobs))
         return sorted(results, key=lambda r: r.device_id)
 
-    async def evaluate(self, shared_state: Any, windows: np.ndarray) -> dict[str, float]:
+    async def evaluate(self, shared_state: Any, windows: np.ndarray, plan: TrainingPlan
+                       ) -> dict[str, float]:
         async with self._borrow() as host:
             if self.use_ray:
-                return await host.evaluate.remote(shared_state, windows)
-            return await asyncio.to_thread(host.evaluate, shared_state, windows)
+                return await host.evaluate.remote(shared_state, windows, plan)
+            return await asyncio.to_thread(host.evaluate, shared_state, windows, plan)
 
     @asynccontextmanager
     async def _borrow(self) -> AsyncIterator[Any]:

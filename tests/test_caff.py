@@ -38,17 +38,17 @@ def test_budgets_cut_the_plan() -> None:
 
 def test_architecture_selection_maximises_mean_trained_blocks() -> None:
     policy = create_policy("caff", {})
-    choice = policy.setup(SetupContext(FLEET, "gpt-4x128", TRAINING, 120.0))
+    choice = policy.setup(SetupContext(FLEET, "gpt-4x128", TRAINING, 120.0, 10))
     assert set(policy.scores) == set(ZOO)
     assert policy.scores[choice.model_name] == max(policy.scores.values())
     # a fleet of weak devices moves the choice to a model they can train more of
     weak = tuple(d for d in FLEET if d.memory_bytes <= 48 << 20)
     weak_choice = create_policy("caff", {}).setup(SetupContext(weak, "gpt-4x128", TRAINING,
-                                                               120.0))
+                                                               120.0, 10))
     size = {n: ZOO[n].config.n_layer * ZOO[n].config.n_embd for n in ZOO}
     assert size[weak_choice.model_name] < size[choice.model_name]
     fraction = create_policy("caff", {"objective": "fraction"})
-    fraction.setup(SetupContext(FLEET, "gpt-4x128", TRAINING, 120.0))
+    fraction.setup(SetupContext(FLEET, "gpt-4x128", TRAINING, 120.0, 10))
     assert all(-1 <= s <= 1 for s in fraction.scores.values())
 
 

@@ -13,7 +13,7 @@ from fleetsim.cost import parse_plan, predict_peak_bytes
 from fleetsim.errors import DeviceOOM
 from fleetsim.memory import CudaMemoryCap, MemoryMeter
 from fleetsim.metrics import read_jsonl
-from fleetsim.model import ZOO
+from fleetsim.model import ZOO, TinyGPT
 from fleetsim.training import model_state
 from fleetsim.types import OptimizerSpec
 from fleetsim.workers import DeviceHost, Job
@@ -63,7 +63,7 @@ def host_job(cap_bytes: int, spec: str = "full") -> tuple[DeviceHost, Job]:
 
 def test_host_reports_oom_with_measured_bytes_and_recovers() -> None:
     host, job = host_job(cap_bytes=10**9)
-    state = model_state(host.model_for(None))
+    state = model_state(TinyGPT(CFG))
     predicted = predict_peak_bytes(CFG, job.plan, SEQ)
     squeezed = Job(0, 0, job.plan, seed=0, mem_cap_bytes=predicted // 2)
     oom = host.train(squeezed, state)

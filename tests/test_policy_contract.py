@@ -50,7 +50,7 @@ def state_of(model_name: str) -> dict[str, np.ndarray]:
 @pytest.fixture(params=sorted(registered()))
 def setup(request: pytest.FixtureRequest) -> tuple[object, RoundContext]:
     policy = create_policy(request.param, {})
-    choice = policy.setup(SetupContext(FLEET, "gpt-4x128", TRAINING, 120.0))
+    choice = policy.setup(SetupContext(FLEET, "gpt-4x128", TRAINING, 120.0, 10))
     assert choice.model_name in ZOO
     return policy, round_context(choice.model_name)
 
