@@ -71,7 +71,8 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
       - a no_grad block's transient (frozen prefix): x, LN out, q, k, v and the
         contiguous copies of q and k, two attention-score tensors;
       - the activations saved for backward by every block from the first one that needs
-        gradients, and by the head, plus the loss's backward at the head (two V-wide);
+        gradients (and its t x t causal mask), and by the head, plus the loss's backward
+        at the head (two V-wide);
       - the same, one step later: the head's activations freed, the last block's FFN
         backward holding its input gradient and the head's and fc_out's weight gradients.
     """
@@ -88,10 +89,13 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
     blocks_saved = sum(_block_saved(cfg, b, plan, f"block.{b}" in plan.train, t)
                        for b in grad_blocks)
     saved = (blocks_saved + head_saved + 2) * per_token  # + the token ids
+    saved += len(grad_blocks) * t * t  # each block's causal mask (bool), kept for backward
+    saved += 8 * t if "embed" in groups[first:] else 0  # the position ids (int64)
     candidates = [saved + 2 * vocab * per_token]
     for b in (_block(g) for g in groups[:first] if g.startswith("block.")):
         heads = cfg.block_heads[b]
-        candidates.append((2 * d + 5 * heads * cfg.head_size + 2 * heads * t) * per_token)
+        candidates.append((2 * d + 5 * heads * cfg.head_size + 2 * heads * t) * per_token
+                          + 2 * t * t)  # the mask being built: ones, then its triangle
     if grad_blocks:
         last = grad_blocks[-1]
         units = cfg.block_units[last]
@@ -99,7 +103,8 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
         if f"block.{last}" in plan.train:
             weight_grads += FLOAT_BYTES * (units * d + d)  # fc_out weight and bias
         candidates.append(saved + (d + units - head_saved) * per_token + weight_grads)
-    return int(weights + plan.optimizer.state_slots * trainable + max(candidates))
+    small = 8 * plan.batch_size + 64  # the batch's row indices (int64) and a few scalars
+    return int(weights + plan.optimizer.state_slots * trainable + max(candidates) + small)
 
 
 def _block(group: str) -> int:

@@ -8,16 +8,20 @@ A policy decides what each selected device trains this round and how updates mer
   as the cost model predicts it.
 - `aggregate(ctx, state, updates)` returns a new state from the updates that arrived,
   sorted by device id; it must not mutate its inputs, and no updates means no change.
+- optional `evaluated_slices(r)`: the sub-model the server evaluates after round r
+  (-1: before the first); without it the whole model is evaluated.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from fleetsim.clock import ClockJob
 from fleetsim.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
+from fleetsim.model import layer_groups
+from fleetsim.submodel import first_slice, uniform
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -26,6 +30,8 @@ from fleetsim.types import (
     ModelState,
     RoundContext,
     SetupContext,
+    Slice,
+    Slices,
     TrainingDefaults,
     TrainingPlan,
     Update,
@@ -53,11 +59,12 @@ def local_steps(device: DeviceState, training: TrainingDefaults) -> int:
 
 
 def make_plan(device: DeviceState, training: TrainingDefaults, train: tuple[str, ...],
-              frozen: tuple[str, ...] = (), lora: LoraSpec | None = None) -> TrainingPlan:
+              frozen: tuple[str, ...] = (), lora: LoraSpec | None = None,
+              slices: Slices = ()) -> TrainingPlan:
     """A plan with the scenario's local steps, batch size, lr and optimizer."""
     return TrainingPlan(train=train, frozen=frozen, local_steps=local_steps(device, training),
                         batch_size=training.batch_size, lr=training.lr,
-                        optimizer=training.optimizer, lora=lora)
+                        optimizer=training.optimizer, lora=lora, slices=slices)
 
 
 def last_blocks_plan(device: DeviceState, training: TrainingDefaults, groups: tuple[str, ...],
@@ -108,4 +115,44 @@ def plan_last_blocks(ctx: RoundContext, n: int) -> dict[DeviceId, TrainingPlan]:
         plan = last_blocks_plan(device, ctx.training, ctx.model.groups, n)
         if within_budgets(ctx.model.config, plan, device, ctx.training, budget_s=None):
             plans[device.device_id] = plan
+    return plans
+
+
+WIDTH_LEVELS = (1.0, 0.5, 0.25, 0.125, 0.0625)  # HeteroFL's levels a..e
+
+
+def width_levels(policy: str, widths: Sequence[float]) -> tuple[float, ...]:
+    """A sub-model policy's `widths` parameter, checked."""
+    if not widths or not all(isinstance(w, int | float) and 0 < w <= 1 for w in widths):
+        raise ValueError(f"{policy} widths must be fractions in (0, 1], got {widths!r}")
+    return tuple(float(w) for w in widths)
+
+
+def largest_width(config: Any, device: DeviceState, training: TrainingDefaults,
+                  widths: Sequence[float]) -> float | None:
+    """The largest of `widths` at which the device's memory holds training the whole
+    model (which heads and units does not change the cost); None if none does."""
+    groups = tuple(layer_groups(config.n_layer))
+    for width in sorted(widths, reverse=True):
+        plan = make_plan(device, training, groups, slices=uniform(config, first_slice(config,
+                                                                                      width)))
+        if predict_peak_bytes(config, plan, training.seq_len) <= device.memory_bytes:
+            return width
+    return None
+
+
+def width_plans(ctx: RoundContext, widths: Sequence[float],
+                choose: Callable[[DeviceState, int, float], Slice]) -> dict[DeviceId, TrainingPlan]:
+    """Every selected device trains the whole model at the largest of `widths` its memory
+    holds, keeping in block b the heads and units `choose(device, b, width)` picks (in
+    device order, so a seeded choice is reproducible); a device holding none sits out."""
+    config, plans = ctx.model.config, {}
+    for device in ctx.devices:
+        width = largest_width(config, device, ctx.training, widths)
+        if width is None:
+            continue
+        slices = tuple((f"block.{b}", choose(device, b, width))
+                       for b in range(config.n_layer)) if width < 1 else ()
+        plans[device.device_id] = make_plan(device, ctx.training, ctx.model.groups,
+                                            slices=slices)
     return plans

@@ -61,6 +61,10 @@ class FleetEntry(Strict):
     device_class: str = Field(alias="class")
     count: int = Field(ge=1)
     overrides: dict[str, Any] = {}
+    # The memory budget as the memory of training a plan (e.g. "width:0.25": the whole
+    # model at width 0.25, as the SLT paper sets constraints) on the scenario's model,
+    # batch size, optimizer and sequence length; resolved into overrides.memory_mb.
+    memory_of: str | None = None
 
 
 class SelectionConfig(Strict):
@@ -160,6 +164,8 @@ def load_scenario(path: str | Path, overrides: Mapping[str, str] = {}) -> Scenar
 def resolve(scenario: Scenario, path: Path) -> Scenario:
     """Load every device class the fleet names (unless inline) and check the overrides."""
     classes = dict(scenario.device_classes)
+    scenario = scenario.model_copy(update={"fleet": [
+        _memory_of(scenario, entry, path, i) for i, entry in enumerate(scenario.fleet)]})
     for i, entry in enumerate(scenario.fleet):
         if entry.device_class not in classes:
             classes[entry.device_class] = load_device_class(entry.device_class, path, i)
@@ -172,6 +178,31 @@ def resolve(scenario: Scenario, path: Path) -> Scenario:
         raise ConfigError(path, "selection.devices_per_round",
                           f"exceeds the fleet size ({scenario.num_devices})")
     return scenario.model_copy(update={"device_classes": classes})
+
+
+def _memory_of(scenario: Scenario, entry: FleetEntry, path: Path, index: int) -> FleetEntry:
+    """The entry with `memory_of` turned into an exact `memory_mb` override."""
+    if entry.memory_of is None:
+        return entry
+    from fleetsim.cost import parse_plan, predict_peak_bytes
+    from fleetsim.model import ZOO
+    from fleetsim.types import OptimizerSpec
+
+    key = f"fleet[{index}].memory_of"
+    if "memory_mb" in entry.overrides:
+        raise ConfigError(path, key, "set either memory_of or overrides.memory_mb, not both")
+    if scenario.model.name not in ZOO:
+        return entry  # check_names reports the unknown model
+    config, t = ZOO[scenario.model.name].config, scenario.training
+    optimizer = OptimizerSpec(t.optimizer.name, t.optimizer.momentum, t.optimizer.weight_decay)
+    try:
+        plan = parse_plan(entry.memory_of, config, t.batch_size, optimizer)
+    except ValueError as err:
+        raise ConfigError(path, key, str(err)) from None
+    peak = predict_peak_bytes(config, plan, scenario.data.seq_len)
+    # bytes / 2**20 is exact in binary floating point, so the budget is the peak exactly
+    return entry.model_copy(update={"memory_of": None,
+                                    "overrides": {**entry.overrides, "memory_mb": peak / 2**20}})
 
 
 def check_names(scenario: Scenario, path: Path) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 _REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = ("policies.caff", "policies.fedavg", "policies.layer_freezing",
-                    "policies.lora", "policies.small_model")
+_BUILTIN_MODULES = ("policies.caff", "policies.fedavg", "policies.feddropout",
+                    "policies.fedrolex", "policies.heterofl", "policies.layer_freezing",
+                    "policies.lora", "policies.slt", "policies.small_model")
 
 
 def register(cls: type) -> type:

@@ -56,6 +56,8 @@ BAD = [
     ("unknown_policy.yaml", "policy.name", "did you mean 'caff'"),
     ("zero_workers.yaml", "workers.count", "greater than or equal to 1"),
     ("output_placeholder.yaml", "output.dir", "only the placeholder {name}"),
+    ("memory_of_bad_plan.yaml", "fleet[0].memory_of", "width:S (0 < S <= 1)"),
+    ("memory_of_and_memory_mb.yaml", "fleet[0].memory_of", "not both"),
 ]
 
 
@@ -150,6 +152,23 @@ def test_set_override_with_invalid_yaml_value() -> None:
     with pytest.raises(ConfigError) as info:
         load_scenario(GOOD[0], {"rounds": "["})
     assert info.value.key == "rounds"
+
+
+def test_memory_of_is_the_predicted_peak_of_the_plan(tmp_path: Path) -> None:
+    from fleetsim.cost import parse_plan, predict_peak_bytes
+    from fleetsim.fleet import Fleet
+    from fleetsim.model import ZOO
+
+    text = FLEET_WITH_OVERRIDE.replace("overrides: {memory_mb: 256}", 'memory_of: "width:0.25"')
+    scenario = load_scenario(write(tmp_path, text))
+    config = ZOO[scenario.model.name].config
+    plan = parse_plan("width:0.25", config, scenario.training.batch_size)
+    fleet = Fleet(device_profiles(scenario), [1, 1, 1])
+    assert fleet.state(0, 0).memory_bytes == predict_peak_bytes(config, plan, 80)  # exactly
+    assert fleet.state(2, 0).memory_bytes == 192 * 2**20
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(scenario_to_yaml(scenario))
+    assert load_scenario(resolved) == scenario
 
 
 def test_local_epochs_alone_is_accepted(tmp_path: Path) -> None:

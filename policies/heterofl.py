@@ -1,0 +1,51 @@
+"""HeteroFL (Diao et al., 2021): each device trains the sub-model of the first
+floor(s * C) heads and FFN units of every block, s the largest of the width levels its
+memory holds; the server averages each element over the devices that hold it and
+evaluates the largest width present in the fleet."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from fleetsim.aggregate import masked_mean
+from fleetsim.model import ZOO
+from fleetsim.policy import WIDTH_LEVELS, largest_width, width_levels, width_plans
+from fleetsim.submodel import first_slice, uniform
+from fleetsim.types import (
+    DeviceId,
+    ModelChoice,
+    ModelState,
+    RoundContext,
+    SetupContext,
+    Slices,
+    TrainingPlan,
+    Update,
+)
+from policies import register
+
+
+@register
+class HeteroFL:
+    name = "heterofl"
+
+    def __init__(self, widths: Sequence[float] = WIDTH_LEVELS) -> None:
+        self.widths = width_levels(self.name, widths)
+        self.evaluated: Slices = ()
+
+    def setup(self, ctx: SetupContext) -> ModelChoice:
+        config = ZOO[ctx.model_name].config
+        present = [largest_width(config, d, ctx.training, self.widths) for d in ctx.devices]
+        widest = max((w for w in present if w is not None), default=1.0)
+        self.evaluated = uniform(config, first_slice(config, widest))
+        return ModelChoice(ctx.model_name)
+
+    def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
+        config = ctx.model.config
+        return width_plans(ctx, self.widths, lambda device, block, w: first_slice(config, w))
+
+    def aggregate(self, ctx: RoundContext, state: ModelState,
+                  updates: Sequence[Update]) -> ModelState:
+        return masked_mean(state, updates)
+
+    def evaluated_slices(self, r: int) -> Slices:
+        return self.evaluated
