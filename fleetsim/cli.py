@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-live", action="store_true")
     compare.set_defaults(command=cmd_compare)
 
+    resume = sub.add_parser("resume", help="continue a killed run from its last checkpoint")
+    resume.add_argument("dir", help="the run's output directory")
+    resume.add_argument("--no-live", action="store_true")
+    resume.set_defaults(command=cmd_resume)
+
     validate = sub.add_parser("validate", help="check a scenario file")
     validate.add_argument("scenario")
     validate.set_defaults(command=cmd_validate)
@@ -121,7 +126,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path) -> None:
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fleetsim.checkpoint import load_checkpoint
+    from fleetsim.scenario import load_scenario
+
+    out_dir = Path(args.dir)
+    scenario = load_scenario(out_dir / "scenario.yaml")
+    ckpt = load_checkpoint(out_dir)
+    if ckpt is None:
+        raise ConfigError(out_dir, "checkpoint", "no checkpoint: the run did not finish a "
+                          "round; start it again with fleetsim run")
+    if ckpt.round == scenario.rounds - 1 and (out_dir / "summary.json").is_file():
+        print(f"{out_dir}: the run is complete ({scenario.rounds} rounds)")
+        return 0
+    args.scenario = str(out_dir / "scenario.yaml")
+    _run_one(scenario, args, out_dir, resume=True)
+    return 0
+
+
+def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path,
+             resume: bool = False) -> None:
     """Run one scenario into `out_dir`, live in a terminal, plain lines elsewhere."""
     from fleetsim.engine import run_scenario
     from fleetsim.monitor import make_observer
@@ -129,7 +153,8 @@ def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path) -> Non
 
     live = not args.no_live and sys.stdout.isatty()
     with make_observer(live, out_dir) as observer:
-        asyncio.run(run_scenario(RunSetup(scenario, Path(args.scenario)), out_dir, observer))
+        asyncio.run(run_scenario(RunSetup(scenario, Path(args.scenario)), out_dir, observer,
+                                 resume))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

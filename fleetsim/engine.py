@@ -12,13 +12,20 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from fleetsim.clock import ClockJob, RoundTiming
+from fleetsim.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    output_offsets,
+    save_checkpoint,
+    truncate_outputs,
+)
+from fleetsim.clock import Clock, ClockJob, RoundTiming
 from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
 from fleetsim.session import (
@@ -60,17 +67,30 @@ class Evaluation:
     loss: float
 
 
-async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer) -> dict[str, Any]:
-    """Run every round of a prepared scenario; returns the summary (also written)."""
+async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
+                       resume: bool = False) -> dict[str, Any]:
+    """Run every round of a prepared scenario (with `resume`, from the checkpoint in
+    `out_dir` on); returns the summary (also written). A checkpoint follows each round."""
+    ckpt = load_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        truncate_outputs(out_dir, ckpt.offsets)
     run = await prepare_run(run_setup, out_dir, observer)
     try:
-        state = run.initial_state
-        initial = await evaluate(run, state, -1)
-        observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy})
-        records: list[RoundRecord] = []
-        for r in range(run.scenario.rounds):
+        if ckpt is None:
+            state, records = run.initial_state, []
+            initial = await evaluate(run, state, -1)
+        else:
+            state, records, initial = ckpt.state, list(ckpt.records), ckpt.initial
+            run.policy, run.clock = ckpt.policy, Clock(ckpt.clock_s)
+            run.fleet.restore(ckpt.fleet)
+        observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
+                           "resumed_after_round": ckpt.round if ckpt else None})
+        for r in range(len(records), run.scenario.rounds):
             record, state = await play_round(run, r, state, records[-1] if records else None)
             records.append(record)
+            save_checkpoint(out_dir, Checkpoint(r, state, run.policy, run.clock.now_s,
+                                                run.fleet.snapshot(), records, initial,
+                                                output_offsets(out_dir)))
         summary = summarize(run, initial, records)
         run.writer.write_summary(summary)
         observer.on_finish(summary)
@@ -87,16 +107,18 @@ async def play_round(run: Run, r: int, state: ModelState,
                                          stream(run.scenario.seed, ROUND_STREAMS, r).spawn(3))
     now = run.clock.now_s
     sel = run.scenario.selection
+    run.fleet.advance(now)
     ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, now), run.model,
                        training_defaults(run.scenario, r), sel.deadline_s, previous, policy_rng)
     plans = checked_plans(ctx, run.policy.plan_round(ctx))
     devices = {d.device_id: d for d in ctx.devices}
-    jobs = [clock_job(run.model.config, plan, devices[d], ctx.training.seq_len)
-            for d, plan in plans.items()]
+    jobs = [replace(clock_job(run.model.config, plan, devices[d], ctx.training.seq_len),
+                    offline_at_s=run.fleet.offline_at(d, now)) for d, plan in plans.items()]
     timing = run.clock.run_round(jobs, keep=sel.devices_per_round, deadline_s=sel.deadline_s,
                                  rng=clock_rng)
     train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),
-                      devices[d].memory_bytes) for d in sorted(timing.finishers)]
+                      run.fleet.memory_during(d, now, now + t.busy_s))
+                  for d, t in sorted(timing.finished_devices.items())]
     results = await run.pool.train_all(train_jobs, run.pool.share(state))
     updates = [res.update for res in results if res.update is not None]
     aggregated = len(updates) >= sel.min_updates
@@ -145,7 +167,8 @@ def _device_records(ctx: RoundContext, plans: Mapping[int, TrainingPlan],
     for device in ctx.devices:
         d = device.device_id
         job, t, res = jobs.get(d), times.get(d), by_id.get(d)
-        status = "skipped" if job is None else res.status if res else "straggler"
+        status = ("skipped" if job is None else res.status if res
+                  else "offline" if t is not None and t.offline else "straggler")
         records.append(DeviceRecord(
             device_id=d, device_class=device.device_class, round=ctx.round,
             plan=describe_plan(plans.get(d)), status=status,

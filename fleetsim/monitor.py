@@ -100,7 +100,9 @@ class PlainObserver:
     def on_start(self, info: dict[str, Any]) -> None:
         self._print(f"run {info['scenario']}: policy {info['policy']} model {info['model']} "
                     f"devices {info['devices']} hosts {info['hosts']} -> {self.out_dir}; "
-                    f"pretrained accuracy {info['initial_accuracy']:.4f}")
+                    f"pretrained accuracy {info['initial_accuracy']:.4f}"
+                    + (f"; resumed after round {info['resumed_after_round']}"
+                       if info.get("resumed_after_round") is not None else ""))
 
     def on_round(self, record: RoundRecord, devices: Sequence[DeviceRecord]) -> None:
         self._print(round_line(record))

@@ -92,7 +92,7 @@ def clock_job(config: Any, plan: TrainingPlan, device: DeviceState, seq_len: int
     return ClockJob(device.device_id, download_bytes(config, plan), upload_bytes(config, plan),
                     step_flops(config, plan, seq_len) * plan.local_steps, device.flops_per_s,
                     device.downlink_bps, device.uplink_bps, device.latency_s,
-                    device.compute_jitter)
+                    device.compute_jitter, device.throttle_after_s, device.throttle_factor)
 
 
 def most_blocks(config: Any, device: DeviceState, training: TrainingDefaults,

@@ -57,6 +57,40 @@ class ModelConfig(Strict):
     name: str = "gpt-4x128"
 
 
+class AvailabilityConfig(Strict):
+    """When the entry's devices are online (see fleetsim/availability.py)."""
+
+    kind: Literal["always", "bernoulli", "markov", "trace"] = "always"
+    p: float = Field(default=0.9, gt=0, le=1, description="bernoulli: online per round")
+    mean_online_s: float = Field(default=3600.0, gt=0, description="markov")
+    mean_offline_s: float = Field(default=600.0, gt=0, description="markov")
+    trace: str | None = Field(default=None, description="trace file, relative to the scenario")
+
+    @model_validator(mode="after")
+    def _trace_named(self) -> AvailabilityConfig:
+        if (self.kind == "trace") != (self.trace is not None):
+            raise ValueError("set trace (a file) exactly when kind is trace")
+        return self
+
+
+class WalkConfig(Strict):
+    """A log-normal random walk of the link bandwidths: every `every_s` of simulated
+    time both are multiplied by exp(sigma * z), the product kept within [low, high]."""
+
+    sigma: float = Field(gt=0, le=2)
+    every_s: float = Field(default=60.0, gt=0)
+    low: float = Field(default=0.1, gt=0)
+    high: float = Field(default=2.0, gt=0)
+
+
+class ThrottleConfig(Strict):
+    """Thermal throttling: after `after_s` of computing in a round, the FLOP rate drops
+    to `factor` of its value."""
+
+    after_s: float = Field(ge=0)
+    factor: float = Field(gt=0, le=1)
+
+
 class FleetEntry(Strict):
     device_class: str = Field(alias="class")
     count: int = Field(ge=1)
@@ -65,6 +99,36 @@ class FleetEntry(Strict):
     # model at width 0.25, as the SLT paper sets constraints) on the scenario's model,
     # batch size, optimizer and sequence length; resolved into overrides.memory_mb.
     memory_of: str | None = None
+    availability: AvailabilityConfig = AvailabilityConfig()
+    bandwidth_walk: WalkConfig | None = None
+    throttle: ThrottleConfig | None = None
+
+
+class EventConfig(Strict):
+    """From `at_s` (until `until_s`) the named devices keep these factors of their
+    profile's budgets: "at 3600 s the low-end phones keep 40% of their memory"."""
+
+    at_s: float = Field(ge=0)
+    until_s: float | None = Field(default=None, gt=0)
+    device_class: str | None = Field(default=None, alias="class")
+    devices: list[int] | None = None
+    memory_factor: float = Field(default=1.0, gt=0)
+    flops_factor: float = Field(default=1.0, gt=0)
+    uplink_factor: float = Field(default=1.0, gt=0)
+    downlink_factor: float = Field(default=1.0, gt=0)
+
+
+class FaultConfig(Strict):
+    """Injected faults. host_crash: the host training the first device of each listed
+    round dies mid-job (Ray restarts it). corrupt_upload: each update is corrupted in
+    transit with `probability` (or in the listed rounds); the checksum catches it.
+    slow_host: host `host` takes `delay_s` longer per job (wall time only)."""
+
+    kind: Literal["host_crash", "corrupt_upload", "slow_host"]
+    rounds: list[int] = []
+    probability: float = Field(default=0.0, ge=0, le=1)
+    host: int = Field(default=0, ge=0)
+    delay_s: float = Field(default=0.0, ge=0)
 
 
 class SelectionConfig(Strict):
@@ -140,6 +204,8 @@ class Scenario(Strict):
     workers: WorkersConfig = WorkersConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    events: list[EventConfig] = []
+    faults: list[FaultConfig] = []
     # Filled in by `resolve`: the device classes inline, so a written scenario stands alone.
     device_classes: dict[str, DeviceProfile] = {}
 
@@ -171,6 +237,9 @@ def resolve(scenario: Scenario, path: Path) -> Scenario:
             classes[entry.device_class] = load_device_class(entry.device_class, path, i)
         parse_model(DeviceProfile, _with_overrides(classes[entry.device_class], entry), path,
                     prefix=f"fleet[{i}].overrides")
+    scenario = scenario.model_copy(update={"fleet": [
+        _trace_of(entry, path, i) for i, entry in enumerate(scenario.fleet)]})
+    _check_events(scenario, path)
     check_names(scenario, path)
     if scenario.selection.min_updates > scenario.selection.devices_per_round:
         raise ConfigError(path, "selection.min_updates", "must not exceed devices_per_round")
@@ -178,6 +247,40 @@ def resolve(scenario: Scenario, path: Path) -> Scenario:
         raise ConfigError(path, "selection.devices_per_round",
                           f"exceeds the fleet size ({scenario.num_devices})")
     return scenario.model_copy(update={"device_classes": classes})
+
+
+def _trace_of(entry: FleetEntry, path: Path, index: int) -> FleetEntry:
+    """The entry with its trace file made absolute (a resolved scenario reruns from
+    anywhere), after checking that the file loads."""
+    trace = entry.availability.trace
+    if trace is None:
+        return entry
+    from fleetsim.availability import load_trace
+
+    file = (path.parent / trace).resolve()
+    try:
+        load_trace(file, entry.count)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(path, f"fleet[{index}].availability.trace",
+                          f"cannot read trace {str(file)!r}: {err}") from None
+    availability = entry.availability.model_copy(update={"trace": str(file)})
+    return entry.model_copy(update={"availability": availability})
+
+
+def _check_events(scenario: Scenario, path: Path) -> None:
+    classes = {entry.device_class for entry in scenario.fleet}
+    for i, event in enumerate(scenario.events):
+        if event.device_class is not None and event.device_class not in classes:
+            raise ConfigError(path, f"events[{i}].class", f"no {event.device_class!r} in the "
+                              f"fleet{_suggest(event.device_class, sorted(classes))}")
+        if event.devices and max(event.devices) >= scenario.num_devices:
+            raise ConfigError(path, f"events[{i}].devices",
+                              f"the fleet has devices 0..{scenario.num_devices - 1}")
+        if event.until_s is not None and event.until_s <= event.at_s:
+            raise ConfigError(path, f"events[{i}].until_s", "must be later than at_s")
+    for i, fault in enumerate(scenario.faults):
+        if any(r >= scenario.rounds or r < 0 for r in fault.rounds):
+            raise ConfigError(path, f"faults[{i}].rounds", f"rounds are 0..{scenario.rounds - 1}")
 
 
 def _memory_of(scenario: Scenario, entry: FleetEntry, path: Path, index: int) -> FleetEntry:

@@ -16,7 +16,7 @@ from fleetsim.clock import Clock
 from fleetsim.cost import group_param_counts
 from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
-from fleetsim.fleet import MIB, Fleet
+from fleetsim.fleet import MIB, Fleet, build_fleet
 from fleetsim.lora import init_adapters
 from fleetsim.metrics import RunWriter
 from fleetsim.model import ZOO, layer_groups
@@ -114,7 +114,7 @@ def round_lr(lr: float, schedule: str, min_ratio: float, r: int, rounds: int) ->
 async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     scenario = setup.scenario
     data = load_data(scenario, setup.source)
-    fleet = Fleet(device_profiles(scenario), [len(c.train) for c in data.clients])
+    fleet = build_fleet(scenario, device_profiles(scenario), [len(c.train) for c in data.clients])
     try:
         policy = create_policy(scenario.policy.name, dict(scenario.policy.params))
     except (LookupError, TypeError, ValueError) as err:  # unknown name or bad params

@@ -6,6 +6,7 @@ keyed by state-dict name; nobody mutates a state they were given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +31,8 @@ class DeviceState:
     latency_s: float
     compute_jitter: float
     num_examples: int  # training windows held by the device
+    throttle_after_s: float = math.inf  # computing longer than this in a round ...
+    throttle_factor: float = 1.0  # ... runs at this fraction of flops_per_s
 
 
 @dataclass(frozen=True)

@@ -60,3 +60,19 @@ def test_empty_round_takes_no_time() -> None:
     clock = Clock(start_s=5.0)
     timing = clock.run_round([], keep=3, deadline_s=10, rng=np.random.default_rng(0))
     assert timing.end_s == 5.0 and timing.finishers == []
+
+
+def test_a_device_going_offline_mid_round_drops_out_at_that_moment() -> None:
+    clock = Clock()
+    leaving = ClockJob(**{**job(1).__dict__, "offline_at_s": 3.0})
+    timing = clock.run_round([job(0), leaving], keep=2, deadline_s=100,
+                             rng=np.random.default_rng(0))
+    assert timing.finishers == [0]
+    assert [t.offline for t in timing.devices] == [False, True]
+    assert timing.end_s == pytest.approx(7.2)  # the round waited for device 0 only
+
+
+def test_throttling_slows_compute_after_its_threshold() -> None:
+    hot = ClockJob(**{**job(0).__dict__, "throttle_after_s": 1.0, "throttle_factor": 0.5})
+    assert hot.nominal_durations()[1] == pytest.approx(1.0 + 3.0 / 0.5)
+    assert hot.durations(np.random.default_rng(0))[1] == pytest.approx(7.0)
