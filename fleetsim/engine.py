@@ -28,7 +28,9 @@ from fleetsim.checkpoint import (
 from fleetsim.clock import Clock, ClockJob, RoundTiming
 from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
+from fleetsim.scenario import Scenario
 from fleetsim.session import (
+    FAULT_STREAM,
     JOB_STREAMS,
     ROUND_STREAMS,
     Run,
@@ -116,9 +118,11 @@ async def play_round(run: Run, r: int, state: ModelState,
                     offline_at_s=run.fleet.offline_at(d, now)) for d, plan in plans.items()]
     timing = run.clock.run_round(jobs, keep=sel.devices_per_round, deadline_s=sel.deadline_s,
                                  rng=clock_rng)
+    finished = sorted(timing.finished_devices.items())
     train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),
-                      run.fleet.memory_during(d, now, now + t.busy_s))
-                  for d, t in sorted(timing.finished_devices.items())]
+                      run.fleet.memory_during(d, now, now + t.busy_s),
+                      injected_fault(run.scenario, r, d, first=i == 0))
+                  for i, (d, t) in enumerate(finished)]
     results = await run.pool.train_all(train_jobs, run.pool.share(state))
     updates = [res.update for res in results if res.update is not None]
     aggregated = len(updates) >= sel.min_updates
@@ -127,8 +131,9 @@ async def play_round(run: Run, r: int, state: ModelState,
     last = r == run.scenario.rounds - 1
     due = last or (r + 1) % run.scenario.eval.every == 0
     evaluation = await evaluate(run, state, r) if due else None
+    caps = {job.device_id: job.mem_cap_bytes for job in train_jobs}
     device_records = _device_records(ctx, plans, {j.device_id: j for j in jobs}, timing,
-                                     results)
+                                     results, caps)
     record = _round_record(r, timing, time.perf_counter() - wall_start, evaluation,
                            device_records, results, aggregated)
     run.writer.write_round(record, device_records)
@@ -156,11 +161,28 @@ def _job_seed(seed: int, r: int, device_id: int) -> int:
     return seed_of(seed, JOB_STREAMS, r, device_id)
 
 
+def injected_fault(scenario: Scenario, r: int, device_id: int, first: bool) -> str:
+    """The fault the scenario injects into this job: a host crash strikes the host that
+    trains a listed round's first device; a corrupted upload strikes listed rounds, or
+    each job with its probability (drawn from the job's own stream)."""
+    for fault in scenario.faults:
+        if fault.kind == "host_crash" and first and r in fault.rounds:
+            return "crash"
+        if fault.kind == "corrupt_upload" and (r in fault.rounds or fault.probability > 0 and
+                                               np.random.default_rng(seed_of(
+                                                   scenario.seed, FAULT_STREAM, r, device_id)
+                                               ).random() < fault.probability):
+            return "corrupt"
+    return ""
+
+
 def _device_records(ctx: RoundContext, plans: Mapping[int, TrainingPlan],
                     jobs: Mapping[int, ClockJob], timing: RoundTiming,
-                    results: Sequence[JobResult]) -> list[DeviceRecord]:
+                    results: Sequence[JobResult], caps: Mapping[int, int]
+                    ) -> list[DeviceRecord]:
     """One record per selected device. Stragglers carry their planned FLOPs and
-    durations: the work they spent before the round ended without them."""
+    durations: the work they spent before the round ended without them. The memory cap
+    is the one the device trained under (a squeeze mid-round lowers it)."""
     by_id = {res.device_id: res for res in results}
     times = {t.device_id: t for t in timing.devices}
     records = []
@@ -173,7 +195,7 @@ def _device_records(ctx: RoundContext, plans: Mapping[int, TrainingPlan],
             device_id=d, device_class=device.device_class, round=ctx.round,
             plan=describe_plan(plans.get(d)), status=status,
             peak_mem_bytes=res.peak_mem_bytes if res else 0,
-            mem_cap_bytes=device.memory_bytes,
+            mem_cap_bytes=caps.get(d, device.memory_bytes),
             flops=res.flops if res else job.flops if job else 0.0,
             compute_s=t.compute_s if t else 0.0, download_s=t.download_s if t else 0.0,
             upload_s=t.upload_s if t else 0.0,

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RLIMIT_HEADROOM_BYTES = 2 << 30
 # Every random stream of a run has its own domain, so no two can coincide.
 ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
+FAULT_STREAM = 6  # (5 is the fleet's: fleetsim.fleet.FLEET_STREAM)
 
 
 def stream(seed: int, domain: int, *key: int) -> np.random.SeedSequence:
@@ -166,8 +167,9 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool
     largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
     options = HostOptions(threads=workers.threads_per_host, device=workers.device,
                           rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
+    slow = {f.host: f.delay_s for f in scenario.faults if f.kind == "slow_host"}
     if workers.backend == "local":
-        return HostPool.start("local", 1, config, windows, options)
+        return HostPool.start("local", 1, config, windows, options, slow=slow)
     import ray
 
     if not ray.is_initialized():
@@ -177,7 +179,7 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool
         count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
     else:
         count = workers.count
-    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host)
+    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host, slow)
 
 
 def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:

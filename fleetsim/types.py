@@ -107,6 +107,7 @@ class Update:
     weight: float
     tensors: Mapping[str, np.ndarray]
     index: Mapping[str, tuple[np.ndarray | slice, ...]] = field(default_factory=dict)
+    checksum: str = ""  # sha256 of the tensors as sent: a corrupted upload fails it
 
 
 @dataclass(frozen=True)

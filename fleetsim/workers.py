@@ -10,10 +10,12 @@ seed of (run seed, round, device), and each host trains on a fixed number of thr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,7 +25,8 @@ import numpy as np
 from fleetsim.types import LoraSpec, ModelState, Slices, Status, TrainingPlan, Update
 
 log = logging.getLogger(__name__)
-HOST_RESTARTS = 3
+HOST_RESTARTS = 100  # a host process that dies is started again, this many times at most
+REVIVE_TRIES, REVIVE_WAIT_S = 300, 0.2  # how long the pool waits for a restarted host
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Job:
     plan: TrainingPlan
     seed: int
     mem_cap_bytes: int
+    fault: str = ""  # injected: "crash" (the host process dies mid-job) | "corrupt" (upload)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class HostOptions:
     threads: int = 1  # torch threads per host: fixed, so results do not depend on the pool
     device: str = "cpu"  # "cuda": train on the GPU under a per-process memory fraction
     rlimit_margin_bytes: int | None = None  # RLIMIT_DATA safety net (Ray hosts only)
+    delay_s: float = 0.0  # injected slowness per job (wall time only)
+    in_actor: bool = False  # a crash may kill the process (never the driver's)
 
 
 class DeviceHost:
@@ -68,7 +74,7 @@ class DeviceHost:
         torch.set_num_threads(options.threads)
         self.host = f"{socket.gethostname()}/{host_id}/pid{os.getpid()}"
         self.device = torch.device(options.device)
-        self.config = model_config
+        self.config, self.options = model_config, options
         self.models: dict[tuple[LoraSpec | None, Slices], Any] = {}
         self.train_windows = train_windows
         if options.rlimit_margin_bytes is not None:
@@ -93,7 +99,10 @@ class DeviceHost:
         model = self.model_for(job.plan, state)
         windows = self.train_windows[job.device_id]
         model.zero_grad(set_to_none=True)  # nothing of the previous device stays
+        time.sleep(self.options.delay_s)
         try:
+            if job.fault == "crash":
+                self._crash()
             loss, flops, peak = self._train_capped(model, job, windows)
         except DeviceOOM as oom:  # the device ran out of memory: its update is lost
             return JobResult(job.device_id, "oom", None, None, oom.requested_bytes, 0.0,
@@ -102,8 +111,18 @@ class DeviceHost:
             log.exception("device %d failed on %s", job.device_id, self.host)
             return JobResult(job.device_id, "failed", None, None, 0, 0.0, self.host, repr(err))
         tensors, index = export_update(model, job.plan)
-        update = Update(job.device_id, float(len(windows)), tensors, index)
+        update = Update(job.device_id, float(len(windows)), tensors, index, checksum(tensors))
+        if job.fault == "corrupt":
+            update = corrupted(update)
         return JobResult(job.device_id, "ok", update, loss, peak, flops, self.host)
+
+    def _crash(self) -> None:
+        """An injected host crash: the process dies (Ray starts it again); in the
+        driver's own process the job fails instead."""
+        if self.options.in_actor:
+            log.warning("injected crash: host %s exits", self.host)
+            os._exit(17)
+        raise RuntimeError("injected host crash (in-process host: the job fails)")
 
     def _train_capped(self, model: Any, job: Job, windows: np.ndarray
                       ) -> tuple[float, float, int]:
@@ -128,6 +147,31 @@ class DeviceHost:
         return dict(evaluate(self.model_for(plan, state), windows))
 
 
+def checksum(tensors: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return digest.hexdigest()
+
+
+def corrupted(update: Update) -> Update:
+    """The update as a flaky link delivers it: one tensor cut to half (a partial upload)."""
+    name = sorted(update.tensors)[0]
+    cut = dict(update.tensors)
+    cut[name] = cut[name].reshape(-1)[: cut[name].size // 2].copy()
+    return replace(update, tensors=cut)
+
+
+def verified(result: JobResult) -> JobResult:
+    """The result as the server accepts it: an update whose checksum does not match what
+    arrived is dropped and the job recorded `failed`."""
+    if result.update is None or checksum(result.update.tensors) == result.update.checksum:
+        return result
+    return replace(result, status="failed", update=None,
+                   error="upload corrupted in transit (checksum mismatch): dropped")
+
+
 class AsyncDeviceHost:
     """The Ray actor: an async front for a DeviceHost. Training runs in a worker thread,
     so the actor's event loop stays free to answer while a device trains."""
@@ -142,6 +186,9 @@ class AsyncDeviceHost:
                        ) -> dict[str, float]:
         return await asyncio.to_thread(self.host.evaluate, state, windows, plan)
 
+    async def ping(self) -> bool:
+        return True
+
 
 class HostPool:
     """A pool of hosts behind one asyncio interface: in-process or Ray actors."""
@@ -150,6 +197,7 @@ class HostPool:
         self.hosts, self.use_ray = hosts, use_ray
         self._last_shared: tuple[Any, Any] | None = None
         self.pinned: list[Any] = []  # object-store values the hosts' constructors need
+        self._reviving: set[asyncio.Future[None]] = set()
         self.idle: asyncio.Queue[Any] = asyncio.Queue()
         for host in hosts:
             self.idle.put_nowait(host)
@@ -157,10 +205,11 @@ class HostPool:
     @classmethod
     def start(cls, backend: str, count: int, model_config: Any,
               train_windows: Sequence[np.ndarray], options: HostOptions,
-              gpus_per_host: float = 0.0) -> HostPool:
+              gpus_per_host: float = 0.0, slow: Mapping[int, float] = {}) -> HostPool:
+        """`slow`: injected delay per job by host index."""
         if backend == "local":
-            local = replace(options, rlimit_margin_bytes=None)  # never limit the driver
-            host = DeviceHost("local", model_config, train_windows, local)
+            local = replace(options, rlimit_margin_bytes=None, delay_s=slow.get(0, 0.0))
+            host = DeviceHost("local", model_config, train_windows, local)  # never limited
             return cls([host], use_ray=False)
         import ray
 
@@ -168,7 +217,8 @@ class HostPool:
         remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host,
                                  max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
         windows_ref = ray.put(list(train_windows))
-        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref, options)
+        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref,
+                                    replace(options, in_actor=True, delay_s=slow.get(i, 0.0)))
                  for i in range(count)]
         pool = cls(hosts, use_ray=True)
         pool.pinned = [windows_ref]  # a restarted host reads its data from here again
@@ -210,17 +260,38 @@ class HostPool:
             self.idle.put_nowait(host)
 
     async def _run(self, job: Job, shared_state: Any) -> JobResult:
-        async with self._borrow() as host:
-            if not self.use_ray:
-                return await asyncio.to_thread(host.train, job, shared_state)
-            from ray.exceptions import RayActorError
+        if not self.use_ray:
+            async with self._borrow() as host:
+                return verified(await asyncio.to_thread(host.train, job, shared_state))
+        from ray.exceptions import RayActorError
 
+        host = await self.idle.get()
+        try:
+            result = verified(await host.train.remote(job, shared_state))
+        except RayActorError as err:  # the host process died while it trained this job
+            log.warning("host lost while training device %d: %r", job.device_id, err)
+            revival = asyncio.ensure_future(self._revive(host))
+            self._reviving.add(revival)
+            revival.add_done_callback(self._reviving.discard)
+            return JobResult(job.device_id, "failed", None, None, 0, 0.0, "lost",
+                             f"host lost: {type(err).__name__}")
+        self.idle.put_nowait(host)
+        return result
+
+    async def _revive(self, host: Any) -> None:
+        """Keep a dead host out of the queue until Ray has started it again (jobs meanwhile
+        go to the other hosts); one that does not come back within a minute is dropped."""
+        from ray.exceptions import RayActorError
+
+        for _ in range(REVIVE_TRIES):
             try:
-                return await host.train.remote(job, shared_state)
-            except RayActorError as err:  # the host process died: Ray restarts it
-                log.warning("host lost while training device %d: %r", job.device_id, err)
-                return JobResult(job.device_id, "failed", None, None, 0, 0.0, "lost",
-                                 f"host lost: {type(err).__name__}")
+                await host.ping.remote()
+            except RayActorError:
+                await asyncio.sleep(REVIVE_WAIT_S)
+                continue
+            self.idle.put_nowait(host)
+            return
+        log.error("a host did not come back; the pool goes on without it")
 
     def close(self) -> None:
         if self.use_ray:

@@ -58,6 +58,10 @@ BAD = [
     ("output_placeholder.yaml", "output.dir", "only the placeholder {name}"),
     ("memory_of_bad_plan.yaml", "fleet[0].memory_of", "width:S (0 < S <= 1)"),
     ("memory_of_and_memory_mb.yaml", "fleet[0].memory_of", "not both"),
+    ("event_unknown_class.yaml", "events[0].class", "did you mean 'rpi4'"),
+    ("trace_missing.yaml", "fleet[0].availability.trace", "cannot read trace"),
+    ("markov_mean_zero.yaml", "fleet[0].availability.mean_online_s", "greater than 0"),
+    ("fault_bad_kind.yaml", "faults[0].kind", "'host_crash', 'corrupt_upload' or 'slow_host'"),
 ]
 
 
