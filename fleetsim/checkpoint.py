@@ -1,10 +1,11 @@
 """Checkpoints: after every round, all a run needs to go on as if never stopped.
 
 The global state goes to a safetensors file; the rest (the policy object, the clock's
-time, the fleet's generators and dynamic state, the round records, the lengths of the
-output files) to a pickle. Both are written under the round's name through a
-temporary file and a rename, then `latest.json` (also renamed into place) points at
-them, and older files go. A kill at any moment leaves the previous checkpoint whole.
+time, the fleet's generators and dynamic state, the lengths of the output files) to a
+pickle; the round records are the lines of rounds.jsonl up to that length. Both are
+written under the round's name through a temporary file and a rename, then
+`latest.json` (also renamed into place) points at them, and older files go. A kill
+at any moment leaves the previous checkpoint whole.
 Every other random stream of a run is a pure function of (seed, round, ...), so these
 are all the generators there are.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fleetsim.metrics import write_atomic
-from fleetsim.types import ModelState, RoundRecord
+from fleetsim.types import ModelState
 
 OUTPUTS = ("rounds.jsonl", "devices.jsonl")
 
@@ -34,7 +35,6 @@ class Checkpoint:
     policy: Any
     clock_s: float
     fleet: Any  # Fleet.snapshot()
-    records: list[RoundRecord]
     initial: Any  # the evaluation before the first round
     offsets: dict[str, int]  # bytes of each output file when the round was done
 

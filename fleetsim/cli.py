@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a scenario key (repeatable)")
     run.add_argument("--no-live", action="store_true", help="plain lines instead of the live view")
+    run.add_argument("--dry-run", action="store_true",
+                     help="clock, fleet and planning only: no data, weights or training")
     run.set_defaults(command=cmd_run)
 
     compare = sub.add_parser("compare", help="one scenario under several policies")
@@ -152,9 +154,9 @@ def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path,
     from fleetsim.session import RunSetup
 
     live = not args.no_live and sys.stdout.isatty()
+    setup = RunSetup(scenario, Path(args.scenario), getattr(args, "dry_run", False))
     with make_observer(live, out_dir) as observer:
-        asyncio.run(run_scenario(RunSetup(scenario, Path(args.scenario)), out_dir, observer,
-                                 resume))
+        asyncio.run(run_scenario(setup, out_dir, observer, resume))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from fleetsim.checkpoint import (
 )
 from fleetsim.clock import Clock, ClockJob, RoundTiming
 from fleetsim.errors import FleetsimError
+from fleetsim.metrics import read_jsonl
 from fleetsim.policy import clock_job
 from fleetsim.scenario import Scenario
 from fleetsim.session import (
@@ -65,8 +66,8 @@ class Observer(Protocol):
 
 @dataclass(frozen=True)
 class Evaluation:
-    accuracy: float
-    loss: float
+    accuracy: float | None  # None in a dry run
+    loss: float | None
 
 
 async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
@@ -82,7 +83,8 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
             state, records = run.initial_state, []
             initial = await evaluate(run, state, -1)
         else:
-            state, records, initial = ckpt.state, list(ckpt.records), ckpt.initial
+            state, initial = ckpt.state, ckpt.initial
+            records = [RoundRecord(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
             run.policy, run.clock = ckpt.policy, Clock(ckpt.clock_s)
             run.fleet.restore(ckpt.fleet)
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
@@ -91,7 +93,7 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
             record, state = await play_round(run, r, state, records[-1] if records else None)
             records.append(record)
             save_checkpoint(out_dir, Checkpoint(r, state, run.policy, run.clock.now_s,
-                                                run.fleet.snapshot(), records, initial,
+                                                run.fleet.snapshot(), initial,
                                                 output_offsets(out_dir)))
         summary = summarize(run, initial, records)
         run.writer.write_summary(summary)

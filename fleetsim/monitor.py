@@ -100,7 +100,7 @@ class PlainObserver:
     def on_start(self, info: dict[str, Any]) -> None:
         self._print(f"run {info['scenario']}: policy {info['policy']} model {info['model']} "
                     f"devices {info['devices']} hosts {info['hosts']} -> {self.out_dir}; "
-                    f"pretrained accuracy {info['initial_accuracy']:.4f}"
+                    f"pretrained accuracy {_fmt(info['initial_accuracy'])}"
                     + (f"; resumed after round {info['resumed_after_round']}"
                        if info.get("resumed_after_round") is not None else ""))
 

@@ -31,7 +31,7 @@ from fleetsim.types import (
     SetupContext,
     TrainingDefaults,
 )
-from fleetsim.workers import HostOptions, HostPool
+from fleetsim.workers import DryPool, HostOptions, HostPool
 from policies import create_policy
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ RLIMIT_HEADROOM_BYTES = 2 << 30
 # Every random stream of a run has its own domain, so no two can coincide.
 ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
 FAULT_STREAM = 6  # (5 is the fleet's: fleetsim.fleet.FLEET_STREAM)
+DRY_RUN_EXAMPLES = 64  # training windows per device in a dry run (no data is loaded)
 
 
 def stream(seed: int, domain: int, *key: int) -> np.random.SeedSequence:
@@ -58,6 +59,7 @@ class RunSetup:
 
     scenario: Scenario
     source: Path  # the scenario file, for error messages
+    dry_run: bool = False  # clock, fleet and planning only: no data, weights or training
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Run:
     policy: Policy
     model: ModelInfo
     initial_state: ModelState
-    pool: HostPool
+    pool: HostPool | DryPool
     eval_windows: Any  # shared handle of the evaluation windows
     clock: Clock
     writer: RunWriter
@@ -114,8 +116,10 @@ def round_lr(lr: float, schedule: str, min_ratio: float, r: int, rounds: int) ->
 
 async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     scenario = setup.scenario
-    data = load_data(scenario, setup.source)
-    fleet = build_fleet(scenario, device_profiles(scenario), [len(c.train) for c in data.clients])
+    data = None if setup.dry_run else load_data(scenario, setup.source)
+    examples = [DRY_RUN_EXAMPLES] * scenario.num_devices if data is None \
+        else [len(c.train) for c in data.clients]
+    fleet = build_fleet(scenario, device_profiles(scenario), examples)
     try:
         policy = create_policy(scenario.policy.name, dict(scenario.policy.params))
     except (LookupError, TypeError, ValueError) as err:  # unknown name or bad params
@@ -128,8 +132,8 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
         raise ConfigError(setup.source, "model.name", f"unknown zoo model {choice.model_name!r};"
                           f" known: {', '.join(ZOO)}")
     config = ZOO[choice.model_name].config
-    state = load_pretrained(choice.model_name, observer.on_pretrain)
-    if choice.adapters is not None:
+    state = {} if data is None else load_pretrained(choice.model_name, observer.on_pretrain)
+    if choice.adapters is not None and data is not None:
         adapters = init_adapters(config, choice.adapters, seed_of(scenario.seed, ADAPTER_STREAM))
         state = {**state, **adapters}
     groups = tuple(layer_groups(config.n_layer))
@@ -138,6 +142,9 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
                      config, choice.adapters)
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
+    if data is None:
+        return Run(scenario, fleet, policy, info, state, DryPool(), None, Clock(), writer,
+                   observer, time.perf_counter())
     pool = start_pool(scenario, config, data)
     try:
         windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
