@@ -74,11 +74,11 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
                        resume: bool = False) -> dict[str, Any]:
     """Run every round of a prepared scenario (with `resume`, from the checkpoint in
     `out_dir` on); returns the summary (also written). A checkpoint follows each round."""
-    ckpt = load_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        truncate_outputs(out_dir, ckpt.offsets)
-    run = await prepare_run(run_setup, out_dir, observer)
+    run = await prepare_run(run_setup, out_dir, observer)  # imports a user policy first
     try:
+        ckpt = load_checkpoint(out_dir) if resume else None
+        if ckpt is not None:  # the writer appends: what follows the checkpoint goes
+            truncate_outputs(out_dir, ckpt.offsets)
         if ckpt is None:
             state, records = run.initial_state, []
             initial = await evaluate(run, state, -1)

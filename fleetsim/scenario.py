@@ -7,25 +7,18 @@ raises `ConfigError`, which the CLI turns into one line and exit code 2.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from fleetsim import PROJECT_ROOT
 from fleetsim.errors import ConfigError
+from fleetsim.strict import Strict, parse_model, read_yaml, set_key_path, suggest
 
 DEVICES_DIR = PROJECT_ROOT / "devices"
-M = TypeVar("M", bound=BaseModel)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class DeviceProfile(Strict):
     """A device class: what one device of it can do (see devices/*.yaml)."""
 
@@ -272,7 +265,7 @@ def _check_events(scenario: Scenario, path: Path) -> None:
     for i, event in enumerate(scenario.events):
         if event.device_class is not None and event.device_class not in classes:
             raise ConfigError(path, f"events[{i}].class", f"no {event.device_class!r} in the "
-                              f"fleet{_suggest(event.device_class, sorted(classes))}")
+                              f"fleet{suggest(event.device_class, sorted(classes))}")
         if event.devices and max(event.devices) >= scenario.num_devices:
             raise ConfigError(path, f"events[{i}].devices",
                               f"the fleet has devices 0..{scenario.num_devices - 1}")
@@ -312,14 +305,14 @@ def check_names(scenario: Scenario, path: Path) -> None:
 
     if scenario.model.name not in ZOO:
         raise ConfigError(path, "model.name", f"unknown zoo model {scenario.model.name!r}"
-                          f"{_suggest(scenario.model.name, list(ZOO))}; known: {', '.join(ZOO)}")
+                          f"{suggest(scenario.model.name, list(ZOO))}; known: {', '.join(ZOO)}")
     longest = min(entry.config.max_seq_len for entry in ZOO.values()) - 1
     if scenario.data.seq_len > longest:
         raise ConfigError(path, "data.seq_len", f"the zoo's models take at most {longest}")
     policy, known = scenario.policy.name, registered()
     if ":" not in policy and policy not in known:
         raise ConfigError(path, "policy.name", f"unknown policy {policy!r}"
-                          f"{_suggest(policy, list(known))}; registered: {', '.join(known)}")
+                          f"{suggest(policy, list(known))}; registered: {', '.join(known)}")
     workers = scenario.workers
     if workers.device == "cuda" and workers.backend == "ray" and workers.gpus_per_host <= 0:
         raise ConfigError(path, "workers.gpus_per_host", "must be > 0 with device cuda")
@@ -348,7 +341,7 @@ def load_device_class(name: str, scenario_path: Path, index: int) -> DeviceProfi
     path = DEVICES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in DEVICES_DIR.glob("*.yaml"))
-        hint = _suggest(name, known)
+        hint = suggest(name, known)
         raise ConfigError(scenario_path, f"fleet[{index}].class",
                           f"unknown device class {name!r}{hint}; known: {', '.join(known)}")
     profile = parse_model(DeviceProfile, read_yaml(path), path)
@@ -359,115 +352,3 @@ def load_device_class(name: str, scenario_path: Path, index: int) -> DeviceProfi
 
 def scenario_to_yaml(scenario: Scenario) -> str:
     return yaml.safe_dump(scenario.model_dump(mode="json", by_alias=True), sort_keys=False)
-
-
-# --- reading and error reporting ---------------------------------------------------------
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(path, "", f"cannot read: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(path, "", f"not UTF-8 text (byte {err.start})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(path, "", f"invalid YAML at {_yaml_problem(err, text)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(path, "", "the top level must be a mapping of keys")
-    return raw
-
-
-def parse_model(model: type[M], raw: Any, path: Path, prefix: str = "") -> M:
-    """Validate `raw` against `model`; the first error becomes a ConfigError."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        errors = err.errors()
-        # A misspelt key also makes its correct name "missing": report the misspelling.
-        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        loc = tuple(first["loc"])
-        key = _format_loc(loc)
-        if prefix:
-            key = f"{prefix}.{key}" if key else prefix
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key" + _suggest(str(loc[-1]), _fields_at(model, loc[:-1]))
-        elif first["type"] == "missing":
-            message = "required key is missing"
-        raise ConfigError(path, key, message) from None
-
-
-def set_key_path(raw: dict[str, Any], key_path: str, value: Any, path: Path) -> None:
-    """Apply one `--set a.b.c=value` override to the raw tree."""
-    node: Any = raw
-    parts = key_path.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {}) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            raise ConfigError(path, key_path, "--set goes through a key that is not a mapping")
-    node[parts[-1]] = value
-
-
-def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
-    """One line: what is wrong and on which line."""
-    mark = getattr(err, "problem_mark", None)
-    if mark is not None:
-        line = mark.line + 1
-    else:  # a ReaderError knows only a character position
-        line = text[: getattr(err, "position", 0)].count("\n") + 1
-    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
-    return f"line {line}: {' '.join(str(problem).split())}"
-
-
-# Pydantic puts union members and validator kinds in error locations; they are not keys.
-_NOT_KEYS = {"int", "float", "str", "bool", "none", "dict", "list", "constrained-int",
-             "constrained-float"}
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _NOT_KEYS or str(part).startswith("function-") or "[" in str(part):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The key names allowed at `loc` inside `model` (aliases included)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if _is_model(current) else None
-        if field is None:
-            return []
-        current = _inner_model(field.annotation)
-    if not _is_model(current):
-        return []
-    return [f.alias or name for name, f in current.model_fields.items()]
-
-
-def _is_model(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, BaseModel)
-
-
-def _inner_model(annotation: Any) -> Any:
-    if _is_model(annotation):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def _load_user_policy(spec: str) -> type:
     module_spec = importlib.util.spec_from_file_location(f"user_policy_{path.stem}", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # so that checkpoints can pickle its policy
     module_spec.loader.exec_module(module)
     if not hasattr(module, class_name):
         raise LookupError(f"{file} has no class {class_name!r}")
