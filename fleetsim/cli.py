@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-live", action="store_true")
     resume.set_defaults(command=cmd_resume)
 
+    report = sub.add_parser("report", help="summary, CSV files and plots of a run")
+    report.add_argument("dir", help="the run's output directory")
+    report.set_defaults(command=cmd_report)
+
     validate = sub.add_parser("validate", help="check a scenario file")
     validate.add_argument("scenario")
     validate.set_defaults(command=cmd_validate)
@@ -128,6 +132,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from fleetsim.report import report
+
+    out_dir = Path(args.dir)
+    if not (out_dir / "rounds.jsonl").is_file():
+        raise ConfigError(out_dir, "rounds.jsonl", "not a run directory (no rounds.jsonl)")
+    figure = report(out_dir)
+    print(f"plots in {figure}; CSV files in {out_dir}")
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from fleetsim.checkpoint import load_checkpoint
     from fleetsim.scenario import load_scenario
@@ -155,12 +170,13 @@ def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path,
 
     live = not args.no_live and sys.stdout.isatty()
     setup = RunSetup(scenario, Path(args.scenario), getattr(args, "dry_run", False))
-    with make_observer(live, out_dir) as observer:
+    with make_observer(live, out_dir, scenario.output.tensorboard) as observer:
         asyncio.run(run_scenario(setup, out_dir, observer, resume))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fleetsim.compare import comparison_rows, markdown_table, with_policy, write_comparison
+    from fleetsim.report import load_run, plot_runs
     from fleetsim.scenario import load_scenario
     from policies import registered
 
@@ -180,8 +196,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_dirs.append((name, run_dir))
     rows = comparison_rows(run_dirs)
     write_comparison(out_dir, rows)
+    figure = plot_runs([load_run(d, name) for name, d in run_dirs], out_dir / "comparison.png")
     print(markdown_table(rows), end="")
-    print(f"comparison written to {out_dir}/comparison.csv and comparison.md")
+    print(f"comparison written to {out_dir}/comparison.csv, comparison.md and {figure.name}")
     return 0
 
 

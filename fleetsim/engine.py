@@ -27,6 +27,8 @@ from fleetsim.checkpoint import (
 )
 from fleetsim.clock import Clock, ClockJob, RoundTiming
 from fleetsim.errors import FleetsimError
+from fleetsim.export import export_csv
+from fleetsim.fairness import fairness
 from fleetsim.metrics import read_jsonl
 from fleetsim.policy import clock_job
 from fleetsim.scenario import Scenario
@@ -95,8 +97,12 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
             save_checkpoint(out_dir, Checkpoint(r, state, run.policy, run.clock.now_s,
                                                 run.fleet.snapshot(), initial,
                                                 output_offsets(out_dir)))
+        class_accuracy = {name: (await evaluate(run, state, len(records) - 1, windows)).accuracy
+                          for name, windows in run.class_windows.items()}
         summary = summarize(run, initial, records)
+        summary["fairness"] = fairness(read_jsonl(out_dir / "devices.jsonl"), class_accuracy)
         run.writer.write_summary(summary)
+        export_csv(out_dir)
         observer.on_finish(summary)
         return summary
     finally:
@@ -112,8 +118,10 @@ async def play_round(run: Run, r: int, state: ModelState,
     now = run.clock.now_s
     sel = run.scenario.selection
     run.fleet.advance(now)
-    ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, now), run.model,
-                       training_defaults(run.scenario, r), sel.deadline_s, previous, policy_rng)
+    online = run.fleet.online(now)
+    ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, online, now),
+                       run.model, training_defaults(run.scenario, r), sel.deadline_s, previous,
+                       policy_rng)
     plans = checked_plans(ctx, run.policy.plan_round(ctx))
     devices = {d.device_id: d for d in ctx.devices}
     jobs = [replace(clock_job(run.model.config, plan, devices[d], ctx.training.seq_len),
@@ -136,17 +144,20 @@ async def play_round(run: Run, r: int, state: ModelState,
     caps = {job.device_id: job.mem_cap_bytes for job in train_jobs}
     device_records = _device_records(ctx, plans, {j.device_id: j for j in jobs}, timing,
                                      results, caps)
+    online_by_class = dict(sorted(Counter(run.fleet.profiles[i].name for i in online).items()))
     record = _round_record(r, timing, time.perf_counter() - wall_start, evaluation,
-                           device_records, results, aggregated)
+                           device_records, results, aggregated, online_by_class)
     run.writer.write_round(record, device_records)
     run.observer.on_round(record, device_records)
     return record, state
 
 
-async def evaluate(run: Run, state: ModelState, r: int) -> Evaluation:
-    """Evaluate the model the policy defines after round `r` (-1: before the first)."""
+async def evaluate(run: Run, state: ModelState, r: int, windows: Any = None) -> Evaluation:
+    """Evaluate the model the policy defines after round `r` (-1: before the first) on
+    `windows` (default: the run's evaluation sample)."""
     plan = evaluation_plan(run.model, run.policy, r)
-    metrics = await run.pool.evaluate(run.pool.share(state), run.eval_windows, plan)
+    metrics = await run.pool.evaluate(run.pool.share(state),
+                                      run.eval_windows if windows is None else windows, plan)
     return Evaluation(metrics["accuracy"], metrics["loss"])
 
 
@@ -259,7 +270,7 @@ def describe_plan(plan: Any) -> str:
 
 def _round_record(r: int, timing: RoundTiming, wall_s: float, evaluation: Evaluation | None,
                   devices: Sequence[DeviceRecord], results: Sequence[JobResult],
-                  aggregated: bool) -> RoundRecord:
+                  aggregated: bool, online_by_class: dict[str, int]) -> RoundRecord:
     status = Counter(d.status for d in devices)
     ok = [res for res in results if res.status == "ok" and res.loss is not None]
     weight = sum(res.update.weight for res in ok if res.update)
@@ -272,7 +283,8 @@ def _round_record(r: int, timing: RoundTiming, wall_s: float, evaluation: Evalua
         selected=len(devices), completed=status["ok"], stragglers=status["straggler"],
         offline=status["offline"], oom=status["oom"], failed=status["failed"],
         skipped=status["skipped"], bytes_up=sum(d.bytes_up for d in devices),
-        bytes_down=sum(d.bytes_down for d in devices), aggregated=aggregated)
+        bytes_down=sum(d.bytes_down for d in devices), aggregated=aggregated,
+        online=sum(online_by_class.values()), online_by_class=online_by_class)
 
 
 def summarize(run: Run, initial: Evaluation, records: Sequence[RoundRecord]) -> dict[str, Any]:

@@ -182,6 +182,7 @@ class EvalConfig(Strict):
 
 class OutputConfig(Strict):
     dir: str = "runs/{name}"
+    tensorboard: bool = False  # also write TensorBoard events (needs `tensorboard`)
 
 
 class Scenario(Strict):

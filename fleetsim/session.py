@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,16 @@ class Run:
     initial_state: ModelState
     pool: HostPool | DryPool
     eval_windows: Any  # shared handle of the evaluation windows
+    class_windows: dict[str, Any]  # each device class's own test windows (shared handles)
     clock: Clock
     writer: RunWriter
     observer: Any
     wall_start: float
 
-    def select(self, rng: np.random.Generator, now_s: float) -> tuple[DeviceState, ...]:
-        """Sample k * (1 + over_selection) online devices, in device-id order."""
+    def select(self, rng: np.random.Generator, online: list[int], now_s: float
+               ) -> tuple[DeviceState, ...]:
+        """Sample k * (1 + over_selection) of the online devices, in device-id order."""
         sel = self.scenario.selection
-        online = self.fleet.online(now_s)
         k = sel.devices_per_round
         extra = math.ceil(round(k * sel.over_selection, 9))  # no float noise: 50 x 0.1 is 5
         count = min(len(online), k + extra)
@@ -90,7 +92,9 @@ class Run:
         return {"scenario": self.scenario.name, "policy": self.scenario.policy.name,
                 "model": self.model.name, "rounds": self.scenario.rounds,
                 "devices": len(self.fleet), "hosts": len(self.pool.hosts),
-                "seed": self.scenario.seed}
+                "seed": self.scenario.seed,
+                "events": [e.model_dump(by_alias=True, exclude_none=True)
+                           for e in self.scenario.events]}
 
     def close(self) -> None:
         self.pool.close()
@@ -143,17 +147,23 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
     if data is None:
-        return Run(scenario, fleet, policy, info, state, DryPool(), None, Clock(), writer,
+        return Run(scenario, fleet, policy, info, state, DryPool(), None, {}, Clock(), writer,
                    observer, time.perf_counter())
     pool = start_pool(scenario, config, data)
     try:
-        windows = pool.share(eval_sample(data, scenario.eval.max_samples, scenario.seed))
+        limit, seed = scenario.eval.max_samples, scenario.seed
+        windows = pool.share(eval_sample(data.clients, limit, seed))
+        by_class: dict[str, list[Any]] = {}
+        for client, profile in zip(data.clients, fleet.profiles, strict=True):
+            by_class.setdefault(profile.name, []).append(client)
+        class_windows = {name: pool.share(eval_sample(clients, limit, seed))
+                         for name, clients in sorted(by_class.items())}
     except BaseException:
         pool.close()
         writer.close()
         raise
-    return Run(scenario, fleet, policy, info, state, pool, windows, Clock(), writer, observer,
-               time.perf_counter())
+    return Run(scenario, fleet, policy, info, state, pool, windows, class_windows, Clock(),
+               writer, observer, time.perf_counter())
 
 
 def load_data(scenario: Scenario, source: Path) -> FederatedData:
@@ -189,9 +199,9 @@ def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool
     return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host, slow)
 
 
-def eval_sample(data: FederatedData, max_samples: int, seed: int) -> np.ndarray:
-    """Up to `max_samples` test windows drawn evenly from all clients, fixed by the seed."""
-    windows = np.concatenate([c.test for c in data.clients])
+def eval_sample(clients: Sequence[Any], max_samples: int, seed: int) -> np.ndarray:
+    """Up to `max_samples` test windows drawn evenly from the clients, fixed by the seed."""
+    windows = np.concatenate([c.test for c in clients])
     if len(windows) > max_samples:
         rng = np.random.default_rng(stream(seed, EVAL_STREAM))
         windows = windows[np.sort(rng.choice(len(windows), size=max_samples, replace=False))]

@@ -201,3 +201,5 @@ class RoundRecord:
     bytes_up: int
     bytes_down: int
     aggregated: bool
+    online: int = 0  # devices online when the round started
+    online_by_class: Mapping[str, int] = field(default_factory=dict)

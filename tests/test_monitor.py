@@ -6,15 +6,17 @@ import io
 
 from rich.console import Console
 
-from fleetsim.monitor import PlainObserver, RunView, render, round_line
-from fleetsim.types import RoundRecord
+from fleetsim.dashboard import RunView, render, sparkline
+from fleetsim.monitor import PlainObserver, round_line
+from fleetsim.types import DeviceRecord, RoundRecord
 
 
 def record(r: int, accuracy: float | None) -> RoundRecord:
     return RoundRecord(round=r, sim_time_s=100.0 * (r + 1), round_time_s=100.0, wall_time_s=1.0,
                        accuracy=accuracy, loss=None, train_loss=1.5, selected=13, completed=10,
                        stragglers=3, offline=0, oom=1, failed=0, skipped=2, bytes_up=2_000_000,
-                       bytes_down=4_000_000, aggregated=True)
+                       bytes_down=4_000_000, aggregated=True, online=40 - 10 * (r == 3),
+                       online_by_class={"phone_low": 25 - 10 * (r == 3), "rpi4": 15})
 
 
 def text_of(view: RunView) -> str:
@@ -47,3 +49,35 @@ def test_plain_observer_prints_one_line_per_round(tmp_path) -> None:
     line = stream.getvalue().strip()
     assert line == round_line(record(0, 0.45))
     assert "oom 1" in line and "stragglers 3" in line and "accuracy 0.4500" in line
+
+
+def device(d: int, cls: str, status: str, plan: str = "train=block.1,head;frozen=embed,block.0",
+           peak: int = 12 << 20, cap: int = 16 << 20, error: str = "") -> DeviceRecord:
+    return DeviceRecord(d, cls, 3, plan, status, peak, cap, 1e9, 1.0, 0.1, 0.1, 1000, 2000,
+                        "h", 2.0, error)
+
+
+def test_dashboard_shows_classes_events_charts_and_eta() -> None:
+    view = RunView(info={"scenario": "demo", "policy": "caff", "rounds": 10,
+                         "events": [{"at_s": 350, "class": "phone_low", "memory_factor": 0.4}]})
+    for r in range(3):
+        view.add_round(record(r, 0.40 + r / 100), [])
+    view.add_round(record(3, 0.45), [
+        device(0, "phone_low", "oom", peak=18 << 20),
+        device(1, "phone_low", "ok", plan="train=head;frozen=embed,block.0,block.1;lora=8:q_proj"),
+        device(2, "rpi4", "ok"), device(3, "rpi4", "failed", error="host lost: died")])
+    text = text_of(view)
+    assert "round 4/10" in text and "ETA" in text
+    assert sparkline([0.40, 0.41, 0.42, 0.45]) in text
+    assert "r3 t=350s phone_low: memory x0.4" in text  # the squeeze took effect in round 3
+    assert "r3 churn spike: online 40 -> 30" in text
+    assert "r3 OOM device 0 (phone_low): 18.0 > cap 16.0 MiB" in text
+    assert "r3 failed device 3 (rpi4): host lost: died" in text
+    low = next(line for line in text.splitlines() if line.startswith("phone_low"))
+    assert "15" in low and "LoRA rank 8" in low and "12.0/16.0 MiB" in low
+    rpi = next(line for line in text.splitlines() if line.startswith("rpi4"))
+    assert "1.0 blocks" in rpi
+
+
+def test_sparkline_scales_between_extremes() -> None:
+    assert sparkline([1, 2, 3]) == "▁▄█" and sparkline([5, 5]) == "▁▁" and sparkline([]) == ""
