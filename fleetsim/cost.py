@@ -65,7 +65,16 @@ def _trainable_params(counts: dict[str, int], plan: TrainingPlan) -> int:
 
 
 def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> int:
-    """Peak live bytes of a steady-state local step (optimizer state already allocated).
+    """Peak live bytes of a steady-state local step (optimizer state already allocated);
+    cached per plan shape (policies ask for the same shapes again and again)."""
+    slots = OptimizerSpec("adam") if plan.optimizer.state_slots == 2 else \
+        OptimizerSpec("sgd", momentum=0.5 * plan.optimizer.state_slots)
+    return _peak_bytes(_config_key(config), _shape(plan, slots), seq_len)
+
+
+@lru_cache(maxsize=4096)
+def _peak_bytes(key: tuple[int, ...], plan: TrainingPlan, seq_len: int) -> int:
+    """The model behind `predict_peak_bytes`:
 
     resident weights + optimizer slots of the trainable parameters, plus the largest of
       - a no_grad block's transient (frozen prefix): x, LN out, q, k, v and the
@@ -76,6 +85,7 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
       - the same, one step later: the head's activations freed, the last block's FFN
         backward holding its input gradient and the head's and fc_out's weight gradients.
     """
+    config = _config_from_key(key)
     cfg = sub_config(config, plan.slices)
     d, vocab, t = cfg.n_embd, cfg.vocab_size, seq_len
     per_token = plan.batch_size * t * FLOAT_BYTES  # bytes of one float per token
@@ -132,15 +142,31 @@ def _block_saved(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bo
 
 def step_flops(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> float:
     """FLOPs of one forward+backward step, counted by torch's flop counter."""
-    shape_only = replace(plan, local_steps=1, lr=0.0, optimizer=OptimizerSpec(),
-                         train=tuple(sorted(plan.train)), frozen=tuple(sorted(plan.frozen)),
-                         slices=shape_of(plan.slices))
-    return _step_flops(_config_key(config), shape_only, seq_len)
+    return _step_flops(_config_key(config), _shape(plan, OptimizerSpec()), seq_len)
+
+
+def _shape(plan: TrainingPlan, optimizer: OptimizerSpec) -> TrainingPlan:
+    """The plan reduced to what its costs depend on: a cache key."""
+    return replace(plan, local_steps=1, lr=0.0, optimizer=optimizer,
+                   train=tuple(sorted(plan.train)), frozen=tuple(sorted(plan.frozen)),
+                   slices=shape_of(plan.slices))
+
+
+_KEYS: dict[int, tuple[TinyGPTConfig, tuple[int, ...]]] = {}
 
 
 def _config_key(config: TinyGPTConfig) -> tuple[int, ...]:
-    return (config.vocab_size, config.max_seq_len, config.n_layer, config.n_embd,
-            config.n_head, config.head_size, config.ffn_size)
+    """The config's sizes, remembered per config object (a transformers config's
+    attributes are slow to read, and the planners ask thousands of times a round)."""
+    known = _KEYS.get(id(config))
+    if known is not None and known[0] is config:
+        return known[1]
+    key = (config.vocab_size, config.max_seq_len, config.n_layer, config.n_embd,
+           config.n_head, config.head_size, config.ffn_size)
+    if len(_KEYS) > 64:
+        _KEYS.clear()
+    _KEYS[id(config)] = (config, key)
+    return key
 
 
 def _config_from_key(key: tuple[int, ...]) -> TinyGPTConfig:

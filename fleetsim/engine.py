@@ -144,7 +144,7 @@ async def play_round(run: Run, r: int, state: ModelState,
     caps = {job.device_id: job.mem_cap_bytes for job in train_jobs}
     device_records = _device_records(ctx, plans, {j.device_id: j for j in jobs}, timing,
                                      results, caps)
-    online_by_class = dict(sorted(Counter(run.fleet.profiles[i].name for i in online).items()))
+    online_by_class = run.fleet.count_by_class(online)
     record = _round_record(r, timing, time.perf_counter() - wall_start, evaluation,
                            device_records, results, aggregated, online_by_class)
     run.writer.write_round(record, device_records)

@@ -48,6 +48,8 @@ class Fleet:
                                               np.random.default_rng(0))]
         self.events = tuple(events)
         self.throttles = tuple(throttles) or (None,) * len(profiles)
+        self.class_names = sorted({p.name for p in self.profiles})
+        self.class_index = np.array([self.class_names.index(p.name) for p in self.profiles])
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -93,10 +95,14 @@ class Fleet:
         times = [start_s, *(e.at_s for e in self.events if start_s < e.at_s <= end_s)]
         return min(self.state(device_id, t).memory_bytes for t in times)
 
-    def online(self, now_s: float) -> list[int]:
+    def online(self, now_s: float) -> np.ndarray:
         """Ids of the devices available at `now_s`, ascending."""
         ids = [g.first + np.flatnonzero(g.availability.online(now_s)) for g in self.groups]
-        return [int(i) for i in np.concatenate(ids)] if ids else []
+        return np.concatenate(ids) if ids else np.zeros(0, int)
+
+    def count_by_class(self, ids: np.ndarray) -> dict[str, int]:
+        counts = np.bincount(self.class_index[ids], minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True) if n}
 
     def offline_at(self, device_id: int, now_s: float) -> float:
         """When the device, online at `now_s`, next goes offline (inf: not planned)."""

@@ -78,7 +78,7 @@ class Run:
     observer: Any
     wall_start: float
 
-    def select(self, rng: np.random.Generator, online: list[int], now_s: float
+    def select(self, rng: np.random.Generator, online: np.ndarray, now_s: float
                ) -> tuple[DeviceState, ...]:
         """Sample k * (1 + over_selection) of the online devices, in device-id order."""
         sel = self.scenario.selection

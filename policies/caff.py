@@ -15,6 +15,7 @@ compute is FLOP rate x `budget_s`, where `budget_s` defaults to the round deadli
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,10 +53,14 @@ class Caff:
 
     def setup(self, ctx: SetupContext) -> ModelChoice:
         budget = self.budget_s if self.budget_s is not None else ctx.deadline_s
+        # devices with the same constraints train the same blocks: plan each kind once
+        kinds = [replace(d, device_id=0) for d in ctx.devices]
         for name in self.models:
             config = ZOO[name].config
             groups = tuple(layer_groups(config.n_layer))
-            blocks = [most_blocks(config, d, ctx.training, groups, budget) for d in ctx.devices]
+            per_kind = {k: most_blocks(config, k, ctx.training, groups, budget)
+                        for k in set(kinds)}
+            blocks = [per_kind[k] for k in kinds]
             trained = np.array([-1 if n is None else n for n in blocks], dtype=float)
             if self.objective == "fraction":
                 trained = np.where(trained < 0, -1, trained / config.n_layer)
