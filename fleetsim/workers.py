@@ -177,7 +177,11 @@ class AsyncDeviceHost:
     so the actor's event loop stays free to answer while a device trains."""
 
     def __init__(self, *args: Any) -> None:
+        import ray
+
         self.host = DeviceHost(*args)
+        node = ray.get_runtime_context().get_node_id()
+        self.host.host += f"/node-{node[:8]}"  # which machine of a cluster ran a job
 
     async def train(self, job: Job, state: ModelState) -> JobResult:
         return await asyncio.to_thread(self.host.train, job, state)
