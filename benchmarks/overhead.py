@@ -1,0 +1,109 @@
+"""What fleetsim costs on top of the training it emulates: one FedAvg job through
+`fleetsim run` (Ray, one host per core) against the machine's limit for the same local
+steps on the same data, side by side in one run:
+
+- a bare torch loop on 1 thread, and on all threads (every step in one process);
+- one single-thread bare process per core, each doing its share of the steps.
+
+The job (as in the Flower comparison of issue 8): gpt-4x128, 20 clients, 5 a round, 10
+rounds of 10 local SGD steps at batch 32. The limit is the fastest bare variant's
+training time; fleetsim is timed as a whole process (start-up, Ray, evaluation before
+and after, shutdown) and by its rounds alone.
+
+    .venv/bin/python benchmarks/overhead.py [--rounds 10]
+
+Prints each time and the ratios to the limit (goal: whole process at most 1.05x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCENARIO = """
+name: overhead
+seed: 0
+rounds: {rounds}
+model: {{name: gpt-4x128}}
+data: {{clients: {{min_train_samples: 32}}}}
+fleet: [{{class: laptop, count: 20, overrides: {{compute_jitter: 0.0}}}}]
+selection: {{devices_per_round: 5, deadline_s: 100000}}
+training: {{local_steps: 10, batch_size: 32, optimizer: {{name: sgd}}, lr: 0.05}}
+policy: {{name: fedavg}}
+eval: {{every: {rounds}, max_samples: 100}}
+"""
+
+
+def bare_steps(steps: int, threads: int, seed: int) -> float:
+    """Seconds for `steps` full-model SGD steps on the clients' windows, bare torch."""
+    import torch
+
+    from fleetsim.data import build_federated
+    from fleetsim.model import ZOO, TinyGPT
+
+    torch.set_num_threads(threads)
+    windows = np.concatenate([c.train for c in build_federated(
+        20, 0, min_train_samples=32).clients]).astype(np.int64)
+    data = torch.from_numpy(windows)
+    model = TinyGPT(ZOO["gpt-4x128"].config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = data[rng.integers(0, len(data), 32)]
+        optimizer.zero_grad(set_to_none=True)
+        model(batch[:, :-1], labels=batch[:, 1:]).loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def _share(args: tuple[int, int]) -> float:
+    return bare_steps(args[0], 1, args[1])
+
+
+def fleetsim_run(rounds: int) -> tuple[float, float]:
+    """(whole process seconds, rounds-only seconds) of `fleetsim run`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "overhead.yaml"
+        source.write_text(SCENARIO.format(rounds=rounds))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fleetsim", "run", str(source), "--no-live",
+                        "--out", str(Path(tmp) / "out")], check=True, capture_output=True)
+        whole = time.perf_counter() - start
+        rounds_s = sum(json.loads(line)["wall_time_s"]
+                       for line in (Path(tmp) / "out" / "rounds.jsonl").open())
+    return whole, rounds_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    steps = args.rounds * 5 * 10
+    whole, rounds_s = fleetsim_run(args.rounds)
+    one = bare_steps(steps, 1, 0)
+    every = bare_steps(steps, cores, 0)
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        # each process's training loop, all running at once: the slowest is the time
+        per_core = max(pool.map(_share, [(steps // cores, i) for i in range(cores)]))
+    limit = min(one, every, per_core)
+    print(f"{steps} local steps (gpt-4x128, batch 32, SGD) on {cores} cores")
+    print(f"  bare, 1 thread:              {one:7.1f} s")
+    print(f"  bare, {cores} threads:             {every:7.1f} s")
+    print(f"  bare, 1 process per core:    {per_core:7.1f} s")
+    print(f"  fleetsim run, whole process: {whole:7.1f} s  = {whole / limit:.2f}x the limit")
+    print(f"  fleetsim rounds only:        {rounds_s:7.1f} s  = {rounds_s / limit:.2f}x the limit")
+
+
+if __name__ == "__main__":
+    main()
