@@ -97,12 +97,14 @@ METERED_STEPS = 2
 
 
 def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: int,
-                meter: AbstractContextManager[Any] | None = None) -> tuple[float, float]:
+                meter: AbstractContextManager[Any] | None = None,
+                flops_per_step: float | None = None) -> tuple[float, float]:
     """Run the plan's local steps on `windows` (n, seq_len + 1).
 
     Returns (mean loss, FLOPs). Batches are drawn by a generator seeded per device and
     round, so the result does not depend on which host runs it. FLOPs are counted by
-    torch's flop counter on the first step (every step has the same shapes) and scaled.
+    torch's flop counter on the first step (every step has the same shapes) and scaled,
+    unless `flops_per_step` says what an earlier count of the same shapes found.
     `meter` (a MemoryMeter) is active over the first METERED_STEPS steps, which keeps its
     dispatch overhead off the rest."""
     prepare_model(model, plan)
@@ -111,12 +113,14 @@ def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: i
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     data = torch.from_numpy(windows.astype(np.int64)).to(device)
-    total, step_flops = 0.0, 0
+    total, step_flops = 0.0, flops_per_step or 0.0
+    count = flops_per_step is None
     for step in range(plan.local_steps):
         with meter if meter is not None and step < METERED_STEPS else nullcontext():
             batch = data[rng.integers(0, len(data), size=plan.batch_size)]
             optimizer.zero_grad(set_to_none=True)  # free last step's gradients first
-            with FlopCounterMode(display=False) if step == 0 else nullcontext() as counter:
+            counting = count and step == 0
+            with FlopCounterMode(display=False) if counting else nullcontext() as counter:
                 loss = loss_of_step(model, plan, batch)
                 loss.backward()
             if counter is not None:

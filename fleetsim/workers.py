@@ -75,6 +75,7 @@ class DeviceHost:
         self.host = f"{socket.gethostname()}/{host_id}/pid{os.getpid()}"
         self.device = torch.device(options.device)
         self.config, self.options = model_config, options
+        self.flops_per_step: dict[Any, float] = {}
         self.models: dict[tuple[LoraSpec | None, Slices], Any] = {}
         self.train_windows = train_windows
         if options.rlimit_margin_bytes is not None:
@@ -129,15 +130,25 @@ class DeviceHost:
         """Train under the device's cap: on CPU the exact MemoryMeter, on CUDA the
         allocator's limit. Returns (loss, FLOPs, peak bytes); raises DeviceOOM."""
         from fleetsim.memory import CudaMemoryCap, MemoryMeter
+        from fleetsim.submodel import shape_of
         from fleetsim.training import train_local
 
+        # a shape's FLOPs are counted the first time this host trains it, then known
+        shape = (tuple(sorted(job.plan.train)), tuple(sorted(job.plan.frozen)), job.plan.lora,
+                 shape_of(job.plan.slices), job.plan.batch_size, windows.shape[1])
+        known = self.flops_per_step.get(shape)
         if self.device.type == "cuda":
             with CudaMemoryCap(job.mem_cap_bytes, self.device) as cap:
-                loss, flops = train_local(model, job.plan, windows, job.seed)
-            return loss, flops, cap.peak_bytes
-        meter = MemoryMeter(job.mem_cap_bytes, resident=model.state_dict().values())
-        loss, flops = train_local(model, job.plan, windows, job.seed, meter=meter)
-        return loss, flops, meter.peak_bytes
+                loss, flops = train_local(model, job.plan, windows, job.seed,
+                                          flops_per_step=known)
+            peak = cap.peak_bytes
+        else:
+            meter = MemoryMeter(job.mem_cap_bytes, resident=model.state_dict().values())
+            loss, flops = train_local(model, job.plan, windows, job.seed, meter=meter,
+                                      flops_per_step=known)
+            peak = meter.peak_bytes
+        self.flops_per_step[shape] = flops / job.plan.local_steps
+        return loss, flops, peak
 
     def evaluate(self, state: ModelState, windows: np.ndarray, plan: TrainingPlan
                  ) -> dict[str, float]:
