@@ -41,6 +41,7 @@ RLIMIT_HEADROOM_BYTES = 2 << 30
 # Every random stream of a run has its own domain, so no two can coincide.
 ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
 FAULT_STREAM = 6  # (5 is the fleet's: fleetsim.fleet.FLEET_STREAM)
+EVAL_PARTS = 8  # evaluation windows are cut into this many parts, spread over the hosts
 DRY_RUN_EXAMPLES = 64  # training windows per device in a dry run (no data is loaded)
 
 
@@ -71,8 +72,8 @@ class Run:
     model: ModelInfo
     initial_state: ModelState
     pool: HostPool | DryPool
-    eval_windows: Any  # shared handle of the evaluation windows
-    class_windows: dict[str, Any]  # each device class's own test windows (shared handles)
+    eval_windows: Any  # the evaluation windows' parts, shared
+    class_windows: dict[str, Any]  # each device class's own test windows' parts, shared
     clock: Clock
     writer: RunWriter
     observer: Any
@@ -152,11 +153,11 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     pool = start_pool(scenario, config, data)
     try:
         limit, seed = scenario.eval.max_samples, scenario.seed
-        windows = pool.share(eval_sample(data.clients, limit, seed))
+        windows = pool.share_parts(eval_sample(data.clients, limit, seed), EVAL_PARTS)
         by_class: dict[str, list[Any]] = {}
         for client, profile in zip(data.clients, fleet.profiles, strict=True):
             by_class.setdefault(profile.name, []).append(client)
-        class_windows = {name: pool.share(eval_sample(clients, limit, seed))
+        class_windows = {name: pool.share_parts(eval_sample(clients, limit, seed), EVAL_PARTS)
                          for name, clients in sorted(by_class.items())}
     except BaseException:
         pool.close()

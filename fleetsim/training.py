@@ -6,7 +6,7 @@ time and the real training are of one and the same computation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import Any
@@ -170,8 +170,9 @@ def model_state(model: TinyGPT) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate(model: TinyGPT, windows: np.ndarray, batch_size: int = 64) -> Mapping[str, float]:
-    """Next-character accuracy and loss over every position of `windows`."""
+def evaluate(model: TinyGPT, windows: np.ndarray, batch_size: int = 64) -> dict[str, float]:
+    """Next-character predictions over every position of `windows`, as sums that add up
+    across parts: correct predictions, positions, and the summed loss."""
     model.eval()
     correct = positions = 0
     loss_sum = 0.0
@@ -184,7 +185,14 @@ def evaluate(model: TinyGPT, windows: np.ndarray, batch_size: int = 64) -> Mappi
                                     reduction="sum").item()
         correct += int((logits.argmax(-1) == targets).sum())
         positions += targets.numel()
-    return {"accuracy": correct / max(positions, 1), "loss": loss_sum / max(positions, 1)}
+    return {"correct": correct, "positions": positions, "loss_sum": loss_sum}
+
+
+def accuracy_and_loss(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Accuracy and mean loss per position from `evaluate`'s sums over parts (in order)."""
+    positions = max(sum(p["positions"] for p in parts), 1)
+    return {"accuracy": sum(p["correct"] for p in parts) / positions,
+            "loss": sum(p["loss_sum"] for p in parts) / positions}
 
 
 def measure_step(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int,

@@ -258,12 +258,29 @@ class HostPool:
         results = await asyncio.gather(*(self._run(job, shared_state) for job in jobs))
         return sorted(results, key=lambda r: r.device_id)
 
-    async def evaluate(self, shared_state: Any, windows: np.ndarray, plan: TrainingPlan
+    def share_parts(self, windows: np.ndarray, parts: int) -> list[Any]:
+        """Evaluation windows cut into `parts` (a fixed number, so results do not depend
+        on the pool's size), each published once for the hosts."""
+        chunks = [c for c in np.array_split(windows, parts) if len(c)]
+        if not self.use_ray:
+            return chunks
+        import ray
+
+        return [ray.put(c) for c in chunks]
+
+    async def evaluate(self, shared_state: Any, parts: Sequence[Any], plan: TrainingPlan
                        ) -> dict[str, float]:
-        async with self._borrow() as host:
-            if self.use_ray:
-                return await host.evaluate.remote(shared_state, windows, plan)
-            return await asyncio.to_thread(host.evaluate, shared_state, windows, plan)
+        """Accuracy and loss of the plan's model over every part, the parts spread over
+        the idle hosts and summed in order."""
+        from fleetsim.training import accuracy_and_loss
+
+        async def one(part: Any) -> dict[str, float]:
+            async with self._borrow() as host:
+                if self.use_ray:
+                    return await host.evaluate.remote(shared_state, part, plan)
+                return await asyncio.to_thread(host.evaluate, shared_state, part, plan)
+
+        return accuracy_and_loss(await asyncio.gather(*(one(p) for p in parts)))
 
     @asynccontextmanager
     async def _borrow(self) -> AsyncIterator[Any]:
@@ -329,7 +346,10 @@ class DryPool:
         return [JobResult(job.device_id, "ok", None, None, 0, 0.0, "dry-run")
                 for job in sorted(jobs, key=lambda j: j.device_id)]
 
-    async def evaluate(self, shared_state: Any, windows: Any, plan: TrainingPlan
+    def share_parts(self, windows: Any, parts: int) -> list[Any]:
+        return []
+
+    async def evaluate(self, shared_state: Any, parts: Any, plan: TrainingPlan
                        ) -> dict[str, float | None]:
         return {"accuracy": None, "loss": None}
 

@@ -12,7 +12,7 @@ from fleetsim.aggregate import masked_mean
 from fleetsim.lora import adapter_shapes, init_adapters
 from fleetsim.metrics import read_jsonl
 from fleetsim.model import ZOO, TinyGPT
-from fleetsim.training import model_state
+from fleetsim.training import accuracy_and_loss, model_state
 from fleetsim.types import LoraSpec, TrainingPlan
 from fleetsim.workers import DeviceHost, Job
 from policies import create_policy
@@ -54,7 +54,9 @@ def test_a_low_rank_device_updates_its_slice_and_the_head_only() -> None:
                                   state["blocks.0.attn.q_proj.weight"])  # frozen base
     whole = TrainingPlan(train=(), frozen=groups, local_steps=1, batch_size=1, lr=0.0,
                          lora=GLOBAL)  # the global model, with its adapters at rank 8
-    assert 0 <= host.evaluate(new, WINDOWS[0], whole)["accuracy"] <= 1
+    sums = host.evaluate(new, WINDOWS[0], whole)
+    assert sums["positions"] == WINDOWS[0].size - len(WINDOWS[0])
+    assert 0 <= accuracy_and_loss([sums])["accuracy"] <= 1
 
 
 def test_devices_take_the_largest_rank_that_fits() -> None:
