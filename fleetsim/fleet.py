@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from fleetsim.availability import Always, Availability, Bernoulli, Markov, Trace, load_trace
-from fleetsim.scenario import DeviceProfile, EventConfig, FleetEntry, Scenario, WalkConfig
+from fleetsim.scenario import (
+    DeviceProfile,
+    EventConfig,
+    FleetEntry,
+    Scenario,
+    ThrottleConfig,
+    WalkConfig,
+)
 from fleetsim.types import DeviceState
 
 MIB = 1024 * 1024
@@ -39,7 +46,7 @@ class Group:
 class Fleet:
     def __init__(self, profiles: Sequence[DeviceProfile], num_examples: Sequence[int],
                  groups: Sequence[Group] = (), events: Sequence[EventConfig] = (),
-                 throttles: Sequence[Any] = ()) -> None:
+                 throttles: Sequence[ThrottleConfig | None] = ()) -> None:
         if len(profiles) != len(num_examples):
             raise ValueError("one example count per device")
         self.profiles = tuple(profiles)
@@ -148,7 +155,9 @@ def _group(first: int, count: int, availability: Availability, walk: WalkConfig 
 def build_fleet(scenario: Scenario, profiles: Sequence[DeviceProfile],
                 num_examples: Sequence[int]) -> Fleet:
     """The scenario's fleet: each entry's devices with their availability and walks."""
-    groups, first, throttles = [], 0, []
+    groups: list[Group] = []
+    throttles: list[ThrottleConfig | None] = []
+    first = 0
     for index, entry in enumerate(scenario.fleet):
         seeds = np.random.SeedSequence(scenario.seed, spawn_key=(FLEET_STREAM, index)).spawn(2)
         availability = make_availability(entry, np.random.default_rng(seeds[0]))
