@@ -56,9 +56,9 @@ class PlainObserver:
 
 class LiveObserver(PlainObserver):
     """The live dashboard. It is drawn when something changed, at most once every
-    MIN_REDRAW_S (a draw of a large view takes ~20 ms: under 2% of the time)."""
+    MIN_REDRAW_S (a draw of a large view takes ~20 ms: about 1% of the time)."""
 
-    MIN_REDRAW_S = 1.0
+    MIN_REDRAW_S = 2.0
 
     def __init__(self, out_dir: Path, live: Live) -> None:
         super().__init__(out_dir, live.console.file)
