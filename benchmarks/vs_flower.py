@@ -24,19 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from overhead import SCENARIO  # the same job (this folder is on the path of a script)
+
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIO = """
-name: vs-flower
-seed: 0
-rounds: {rounds}
-model: {{name: gpt-4x128}}
-data: {{clients: {{min_train_samples: 32}}}}
-fleet: [{{class: laptop, count: 20, overrides: {{compute_jitter: 0.0}}}}]
-selection: {{devices_per_round: 5, deadline_s: 100000}}
-training: {{local_steps: 10, batch_size: 32, optimizer: {{name: sgd}}, lr: 0.05}}
-policy: {{name: fedavg}}
-eval: {{every: {rounds}, max_samples: 1000000}}
-"""
 
 
 def tree_rss(root: int) -> int:
@@ -85,7 +75,7 @@ def main() -> None:
         raise SystemExit("make Flower's environment first (see this file's docstring)")
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "job.yaml", Path(tmp) / "out"
-        source.write_text(SCENARIO.format(rounds=args.rounds))
+        source.write_text(SCENARIO.format(rounds=args.rounds, samples=1_000_000))
         ours = measured([sys.executable, "-m", "fleetsim", "run", str(source), "--no-live",
                          "--out", str(out)])
         ours_accuracy = json.loads((out / "summary.json").read_text())["final_accuracy"]
