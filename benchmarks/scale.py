@@ -1,10 +1,12 @@
-"""Scale: a dry run (clock, churn, dynamic constraints and the policy's planning; no
-training) of a 100,000-device fleet, 100 devices a round, 1,000 rounds.
+"""Scale and soak: a dry run (clock, churn, dynamic constraints and the policy's
+planning; no training) of a large fleet, 100 devices a round, with a checkpoint after
+every round as in any run.
 
     .venv/bin/python benchmarks/scale.py [--devices 100000] [--rounds 1000] [--policy caff]
 
-Prints the wall time (goal: under 60 s), the time per round, and the process's peak
-resident memory (goal: under 1 GB), with a checkpoint after every round as in any run.
+Prints the resident memory every tenth of the run and its growth from the first tenth
+to the end (soak goal: flat), the wall time (goal at 100,000 devices and 1,000 rounds:
+under 60 s) and the process's peak resident memory (goal: under 1 GiB).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from fleetsim.engine import run_scenario
-from fleetsim.monitor import PlainObserver
 from fleetsim.scenario import load_scenario
 from fleetsim.session import RunSetup
 
@@ -41,6 +43,26 @@ events:
 """
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+class RssObserver:
+    """Samples the resident memory every `every` rounds."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.samples = every, []  # type: list[tuple[int, int]]
+
+    def on_pretrain(self, *_: Any) -> None: ...
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_finish(self, summary: dict[str, Any]) -> None: ...
+
+    def on_round(self, record: Any, devices: Any) -> None:
+        if (record.round + 1) % self.every == 0:
+            self.samples.append((record.round + 1, rss_bytes()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=100_000)
@@ -53,13 +75,18 @@ def main() -> None:
         source.write_text(SCENARIO.format(rounds=args.rounds, quarter=quarter, policy=args.policy,
                                           rest=args.devices - 3 * quarter))
         scenario = load_scenario(source)
+        observer = RssObserver(max(args.rounds // 10, 1))
         start = time.perf_counter()
-        with (Path(tmp) / "log").open("w") as log:
-            summary = asyncio.run(run_scenario(RunSetup(scenario, source, dry_run=True),
-                                               Path(tmp) / "out", PlainObserver(Path(tmp), log)))
+        summary = asyncio.run(run_scenario(RunSetup(scenario, source, dry_run=True),
+                                           Path(tmp) / "out", observer))
         wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rounds = summary["rounds_completed"]
+    for done, rss in observer.samples:
+        print(f"  after round {done:6d}: RSS {rss / 2**20:7.1f} MB")
+    first, last = observer.samples[0][1], observer.samples[-1][1]
+    print(f"RSS growth from the first tenth to the end: {(last / first - 1) * 100:+.1f}% "
+          f"({first / 2**20:.1f} -> {last / 2**20:.1f} MB)")
     print(f"{args.devices} devices, {rounds} rounds, policy {args.policy} (dry run): "
           f"{wall:.1f} s wall ({wall / rounds * 1000:.1f} ms a round, goal under 60 s in "
           f"all), peak RSS {peak / 2**30:.2f} GiB (goal under 1 GiB); "

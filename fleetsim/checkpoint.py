@@ -13,7 +13,6 @@ are all the generators there are.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fleetsim.metrics import write_atomic
+from fleetsim.metrics import replace_atomically, write_atomic
 from fleetsim.types import ModelState
 
 OUTPUTS = ("rounds.jsonl", "devices.jsonl")
@@ -44,9 +43,9 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     folder.mkdir(exist_ok=True)
     state_file, run_file = f"state-{ckpt.round}.safetensors", f"run-{ckpt.round}.pkl"
     arrays = {k: np.ascontiguousarray(v) for k, v in ckpt.state.items()}
-    _atomic(folder / state_file, lambda tmp: save_file(arrays, str(tmp)))
+    replace_atomically(folder / state_file, lambda tmp: save_file(arrays, str(tmp)))
     rest = {k: v for k, v in vars(ckpt).items() if k != "state"}
-    _atomic(folder / run_file, lambda tmp: tmp.write_bytes(pickle.dumps(rest)))
+    replace_atomically(folder / run_file, lambda tmp: tmp.write_bytes(pickle.dumps(rest)))
     write_atomic(folder / "latest.json", json.dumps(
         {"round": ckpt.round, "state": state_file, "run": run_file}) + "\n")
     for old in folder.iterdir():
@@ -74,10 +73,3 @@ def truncate_outputs(out_dir: Path, offsets: dict[str, int]) -> None:
         with (out_dir / name).open("r+b") as handle:
             handle.truncate(size)
 
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

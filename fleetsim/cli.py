@@ -175,8 +175,9 @@ def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path,
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fleetsim.compare import comparison_rows, markdown_table, with_policy, write_comparison
-    from fleetsim.report import load_run, plot_runs
+    from fleetsim.compare import markdown_table, rows_of, with_policy, write_comparison
+    from fleetsim.metrics import load_run
+    from fleetsim.report import plot_runs
     from fleetsim.scenario import load_scenario
     from policies import registered
 
@@ -194,9 +195,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_dir = out_dir / name.replace("/", "_").replace(":", "_")
         _run_one(with_policy(scenario, name), args, run_dir)
         run_dirs.append((name, run_dir))
-    rows = comparison_rows(run_dirs)
+    runs = [load_run(d, name) for name, d in run_dirs]  # each run's files read once
+    rows = rows_of(runs)
     write_comparison(out_dir, rows)
-    figure = plot_runs([load_run(d, name) for name, d in run_dirs], out_dir / "comparison.png")
+    figure = plot_runs(runs, out_dir / "comparison.png")
     print(markdown_table(rows), end="")
     print(f"comparison written to {out_dir}/comparison.csv, comparison.md and {figure.name}")
     return 0

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fleetsim.metrics import read_jsonl, write_atomic
+from fleetsim.metrics import RunData, load_run, write_atomic
 from fleetsim.scenario import PolicyConfig, Scenario
 
 COLUMNS = ("policy", "model", "final_accuracy", "accuracy_at_common_time", "common_time_s",
@@ -28,13 +27,15 @@ def with_policy(scenario: Scenario, name: str) -> Scenario:
 
 def comparison_rows(run_dirs: Sequence[tuple[str, Path]]) -> list[dict[str, Any]]:
     """One row per policy, from its run directory."""
-    runs = {name: (json.loads((d / "summary.json").read_text()),
-                   read_jsonl(d / "rounds.jsonl"), read_jsonl(d / "devices.jsonl"))
-            for name, d in run_dirs}
+    return rows_of([load_run(d, name) for name, d in run_dirs])
+
+
+def rows_of(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """One row per run (labelled by policy)."""
     # the shortest run's end, among runs in which simulated time passed at all
-    ends = [rounds[-1]["sim_time_s"] for _, rounds, _ in runs.values()]
+    ends = [run.rounds[-1]["sim_time_s"] for run in runs]
     common = min((t for t in ends if t > 0), default=0.0)
-    return [_row(name, *runs[name], common) for name, _ in run_dirs]
+    return [_row(run.label, run.summary, run.rounds, run.devices, common) for run in runs]
 
 
 def _row(name: str, summary: dict[str, Any], rounds: list[dict[str, Any]],

@@ -69,7 +69,7 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
     cached per plan shape (policies ask for the same shapes again and again)."""
     slots = OptimizerSpec("adam") if plan.optimizer.state_slots == 2 else \
         OptimizerSpec("sgd", momentum=0.5 * plan.optimizer.state_slots)
-    return _peak_bytes(_config_key(config), _shape(plan, slots), seq_len)
+    return _peak_bytes(_config_key(config), plan_shape(plan, slots), seq_len)
 
 
 @lru_cache(maxsize=4096)
@@ -142,11 +142,13 @@ def _block_saved(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bo
 
 def step_flops(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> float:
     """FLOPs of one forward+backward step, counted by torch's flop counter."""
-    return _step_flops(_config_key(config), _shape(plan, OptimizerSpec()), seq_len)
+    return _step_flops(_config_key(config), plan_shape(plan), seq_len)
 
 
-def _shape(plan: TrainingPlan, optimizer: OptimizerSpec) -> TrainingPlan:
-    """The plan reduced to what its costs depend on: a cache key."""
+def plan_shape(plan: TrainingPlan, optimizer: OptimizerSpec = OptimizerSpec()
+               ) -> TrainingPlan:
+    """The plan reduced to what its FLOPs (and, with its optimizer, its memory) depend
+    on: a cache key."""
     return replace(plan, local_steps=1, lr=0.0, optimizer=optimizer,
                    train=tuple(sorted(plan.train)), frozen=tuple(sorted(plan.frozen)),
                    slices=shape_of(plan.slices))

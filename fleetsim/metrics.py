@@ -1,7 +1,8 @@
 """The run's output files: rounds.jsonl, devices.jsonl, summary.json, scenario.yaml.
 
 Append-only JSON lines, flushed after every round, so a killed run keeps every round
-it finished. Only the engine writes; the dashboard and reports read.
+it finished. Only the engine writes; the dashboard, reports and comparisons read
+(`load_run`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,17 @@ class RunWriter:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename: readers never see half a file."""
+    """Write text through a temporary file and rename: readers never see half a file."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(tmp)` a temporary file, flush it to disk, then rename it over `path`: a
+    kill at any moment leaves either the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    write(tmp)
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -60,3 +70,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if lines and not text.endswith("\n"):
         lines.pop()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+@dataclass(frozen=True)
+class RunData:
+    label: str
+    rounds: list[dict[str, Any]]
+    devices: list[dict[str, Any]]
+    summary: dict[str, Any]  # empty for a run that did not finish
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({d["device_class"] for d in self.devices})
+
+    def of_class(self, name: str) -> list[dict[str, Any]]:
+        return [d for d in self.devices if d["device_class"] == name]
+
+
+def load_run(run_dir: Path, label: str | None = None) -> RunData:
+    """A run's records; raises FileNotFoundError if `run_dir` holds no run."""
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    return RunData(label or summary.get("policy") or run_dir.name,
+                   read_jsonl(run_dir / "rounds.jsonl"), read_jsonl(run_dir / "devices.jsonl"),
+                   summary)

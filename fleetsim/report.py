@@ -6,10 +6,8 @@ files a run wrote."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +20,9 @@ from rich.console import Console, Group  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-from fleetsim.metrics import read_jsonl  # noqa: E402
+from fleetsim.metrics import RunData, load_run  # noqa: E402
 
 MB, MIB = 1e6, 2**20  # bytes sent in MB; memory in MiB, as device budgets are
-
-
-@dataclass(frozen=True)
-class RunData:
-    label: str
-    rounds: list[dict[str, Any]]
-    devices: list[dict[str, Any]]
-    summary: dict[str, Any]  # empty for a run that did not finish
-
-    @property
-    def classes(self) -> list[str]:
-        return sorted({d["device_class"] for d in self.devices})
-
-    def of_class(self, name: str) -> list[dict[str, Any]]:
-        return [d for d in self.devices if d["device_class"] == name]
-
-
-def load_run(run_dir: Path, label: str | None = None) -> RunData:
-    """A run's records; raises FileNotFoundError if `run_dir` holds no run."""
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    return RunData(label or summary.get("policy") or run_dir.name,
-                   read_jsonl(run_dir / "rounds.jsonl"), read_jsonl(run_dir / "devices.jsonl"),
-                   summary)
 
 
 def class_rows(run: RunData) -> list[dict[str, Any]]:
@@ -111,11 +85,12 @@ def plot_runs(runs: Sequence[RunData], path: Path) -> Path:
     _labels(axes[0, 0], "accuracy against round", "round", "next-char accuracy")
     _labels(axes[0, 1], "accuracy against simulated time", "simulated s", "next-char accuracy")
     _labels(axes[1, 0], "bytes (cumulative)", "round", "MB")
-    _class_bars(axes[0, 2], runs, "peak_mb", "peak memory per class (bars) and cap (line)",
+    rows = {run.label: {row["class"]: row for row in class_rows(run)} for run in runs}
+    _class_bars(axes[0, 2], rows, "peak_mb", "peak memory per class (bars) and cap (line)",
                 "MB", caps=True)
-    _class_bars(axes[1, 1], runs, "ok_share", "participation: share of selected that "
+    _class_bars(axes[1, 1], rows, "ok_share", "participation: share of selected that "
                 "contributed", "share")
-    _class_bars(axes[1, 2], runs, "accuracy", "fairness: accuracy on each class's own data",
+    _class_bars(axes[1, 2], rows, "accuracy", "fairness: accuracy on each class's own data",
                 "accuracy")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,16 +99,16 @@ def plot_runs(runs: Sequence[RunData], path: Path) -> Path:
     return path
 
 
-def _class_bars(ax: Any, runs: Sequence[RunData], key: str, title: str, unit: str,
-                caps: bool = False) -> None:
-    classes = sorted({c for run in runs for c in run.classes})
-    width = 0.8 / max(len(runs), 1)
+def _class_bars(ax: Any, by_run: dict[str, dict[str, dict[str, Any]]], key: str, title: str,
+                unit: str, caps: bool = False) -> None:
+    """Grouped bars of `key` per class, one bar per run (class_rows by run and class)."""
+    classes = sorted({c for rows in by_run.values() for c in rows})
+    width = 0.8 / max(len(by_run), 1)
     cap_of: dict[str, float] = defaultdict(float)
-    for i, run in enumerate(runs):
-        rows = {row["class"]: row for row in class_rows(run)}
+    for i, (label, rows) in enumerate(by_run.items()):
         values = [rows[c][key] if c in rows and rows[c][key] is not None else 0 for c in classes]
         ax.bar(np.arange(len(classes)) + i * width - 0.4 + width / 2, values, width,
-               label=run.label)
+               label=label)
         for c in rows:
             cap_of[c] = max(cap_of[c], rows[c]["cap_mb"])
     if caps:  # budgets and peaks can be orders of magnitude apart

@@ -129,13 +129,12 @@ class DeviceHost:
                       ) -> tuple[float, float, int]:
         """Train under the device's cap: on CPU the exact MemoryMeter, on CUDA the
         allocator's limit. Returns (loss, FLOPs, peak bytes); raises DeviceOOM."""
+        from fleetsim.cost import plan_shape
         from fleetsim.memory import CudaMemoryCap, MemoryMeter
-        from fleetsim.submodel import shape_of
         from fleetsim.training import train_local
 
         # a shape's FLOPs are counted the first time this host trains it, then known
-        shape = (tuple(sorted(job.plan.train)), tuple(sorted(job.plan.frozen)), job.plan.lora,
-                 shape_of(job.plan.slices), job.plan.batch_size, windows.shape[1])
+        shape = (plan_shape(job.plan), windows.shape[1])
         known = self.flops_per_step.get(shape)
         if self.device.type == "cuda":
             with CudaMemoryCap(job.mem_cap_bytes, self.device) as cap:
