@@ -12,6 +12,8 @@ and after, shutdown) and by its rounds alone.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 10]
 
+fleetsim runs twice: with one single-thread host per core (the default) and with one host
+training on every core (no idle core at a round's end: 5 jobs on 2 hosts run as 3 + 2).
 Prints each time and the ratios to the limit (goal: whole process at most 1.05x).
 """
 
@@ -44,6 +46,13 @@ eval: {{every: {rounds}, max_samples: {samples}}}
 """
 
 
+CORES = os.cpu_count() or 1
+# fleetsim's default pool, and one host training on every core (5 jobs on 2 single-thread
+# hosts run as 3 + 2, so one core idles at each round's end)
+VARIANTS = {"one host per core": "{count: auto}",
+            f"one {CORES}-thread host": f"{{count: 1, threads_per_host: {CORES}}}"}
+
+
 def bare_steps(steps: int, threads: int, seed: int) -> float:
     """Seconds for `steps` full-model SGD steps on the clients' windows, bare torch."""
     import torch
@@ -71,11 +80,11 @@ def _share(args: tuple[int, int]) -> float:
     return bare_steps(args[0], 1, args[1])
 
 
-def fleetsim_run(rounds: int) -> tuple[float, float]:
-    """(whole process seconds, rounds-only seconds) of `fleetsim run`."""
+def fleetsim_run(rounds: int, workers: str) -> tuple[float, float]:
+    """(whole process seconds, rounds-only seconds) of `fleetsim run` with `workers`."""
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "overhead.yaml"
-        source.write_text(SCENARIO.format(rounds=rounds, samples=100))
+        source.write_text(SCENARIO.format(rounds=rounds, samples=100) + f"workers: {workers}\n")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fleetsim", "run", str(source), "--no-live",
                         "--out", str(Path(tmp) / "out")], check=True, capture_output=True)
@@ -85,25 +94,37 @@ def fleetsim_run(rounds: int) -> tuple[float, float]:
     return whole, rounds_s
 
 
+def per_core(steps: int, cores: int) -> tuple[float, float]:
+    """(slowest training loop, whole: processes started, imports, data, loops) of one
+    single-thread bare process per core, each doing its share of the steps."""
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        loops = max(pool.map(_share, [(steps // cores, i) for i in range(cores)]))
+    return loops, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    cores = CORES
     steps = args.rounds * 5 * 10
-    whole, rounds_s = fleetsim_run(args.rounds)
+    runs = {name: fleetsim_run(args.rounds, workers) for name, workers in VARIANTS.items()}
     one = bare_steps(steps, 1, 0)
     every = bare_steps(steps, cores, 0)
-    with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        # each process's training loop, all running at once: the slowest is the time
-        per_core = max(pool.map(_share, [(steps // cores, i) for i in range(cores)]))
-    limit = min(one, every, per_core)
+    loops, loops_whole = per_core(steps, cores)
+    limit = min(one, every, loops)
     print(f"{steps} local steps (gpt-4x128, batch 32, SGD) on {cores} cores")
-    print(f"  bare, 1 thread:              {one:7.1f} s")
-    print(f"  bare, {cores} threads:             {every:7.1f} s")
-    print(f"  bare, 1 process per core:    {per_core:7.1f} s")
-    print(f"  fleetsim run, whole process: {whole:7.1f} s  = {whole / limit:.2f}x the limit")
-    print(f"  fleetsim rounds only:        {rounds_s:7.1f} s  = {rounds_s / limit:.2f}x the limit")
+    print(f"  bare, 1 thread:                 {one:7.1f} s")
+    print(f"  bare, {cores} threads:                {every:7.1f} s")
+    print(f"  bare, 1 process per core:       {loops:7.1f} s  (whole, with start-up: "
+          f"{loops_whole:.1f} s)")
+    for name, (whole, rounds_s) in runs.items():
+        print(f"  fleetsim, {name}:")
+        print(f"    whole process: {whole:7.1f} s = {whole / limit:.2f}x the limit, "
+              f"{whole / loops_whole:.2f}x the whole bare processes")
+        print(f"    rounds only:   {rounds_s:7.1f} s = {rounds_s / limit:.2f}x the limit")
+        print(f"    fixed cost (start-up, evaluations, shutdown): {whole - rounds_s:.1f} s")
 
 
 if __name__ == "__main__":

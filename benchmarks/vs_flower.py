@@ -8,9 +8,11 @@ benchmarks/flower/requirements.txt: flwr pins its own Ray).
     .venv-flower/bin/pip install -r benchmarks/flower/requirements.txt
     .venv/bin/python benchmarks/vs_flower.py [--rounds 10]
 
-Prints each whole process's wall time and the peak resident memory of its process tree
-(sampled every 0.2 s), their ratios, and both final accuracies on all the clients' test
-windows (a correctness cross-check: they should agree within noise).
+fleetsim runs twice: with its default pool (one single-thread host per core, like Flower's
+one CPU per client) and with one host training on every core. Prints each whole
+process's wall time and the peak resident memory of its process tree (sampled every
+0.2 s), their ratios, and the final accuracies on all the clients' test windows (a
+correctness cross-check: they should agree within noise).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from overhead import SCENARIO  # the same job (this folder is on the path of a script)
+from overhead import SCENARIO, VARIANTS  # the same job (this folder is on the path of a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,23 +76,32 @@ def main() -> None:
     if not flower_python.exists():
         raise SystemExit("make Flower's environment first (see this file's docstring)")
     with tempfile.TemporaryDirectory() as tmp:
-        source, out = Path(tmp) / "job.yaml", Path(tmp) / "out"
-        source.write_text(SCENARIO.format(rounds=args.rounds, samples=1_000_000))
-        ours = measured([sys.executable, "-m", "fleetsim", "run", str(source), "--no-live",
-                         "--out", str(out)])
-        ours_accuracy = json.loads((out / "summary.json").read_text())["final_accuracy"]
+        ours = {name: fleetsim_job(Path(tmp) / name, args.rounds, workers)
+                for name, workers in VARIANTS.items()}
         result = Path(tmp) / "flower.json"
         env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks' / 'flower'}"}
-        theirs = measured([str(flower_python), str(ROOT / "benchmarks" / "flower" / "job.py"),
-                           str(args.rounds), str(result)], env)
+        wall, peak = measured([str(flower_python), str(ROOT / "benchmarks" / "flower" / "job.py"),
+                               str(args.rounds), str(result)], env)
         flower = json.loads(result.read_text())
     print(f"FedAvg, gpt-4x128, 20 clients, 5 a round, {args.rounds} rounds x 10 steps")
-    print(f"  fleetsim: {ours[0]:6.1f} s, peak {ours[1] / 2**20:.0f} MiB, "
-          f"final accuracy {ours_accuracy:.4f}")
-    print(f"  Flower:   {theirs[0]:6.1f} s, peak {theirs[1] / 2**20:.0f} MiB, "
+    print(f"  Flower:   {wall:6.1f} s, peak {peak / 2**20:.0f} MiB, "
           f"final accuracy {flower['accuracy']:.4f}")
-    print(f"  wall time {ours[0] / theirs[0]:.2f}x Flower's (goal 0.90x), peak memory "
-          f"{ours[1] / theirs[1]:.2f}x (goal 0.75x)")
+    for name, (our_wall, our_peak, accuracy) in ours.items():
+        print(f"  fleetsim, {name}: {our_wall:6.1f} s, peak {our_peak / 2**20:.0f} MiB, "
+              f"final accuracy {accuracy:.4f}")
+        print(f"    wall time {our_wall / wall:.2f}x Flower's (goal 0.90x), peak memory "
+              f"{our_peak / peak:.2f}x (goal 0.75x)")
+
+
+def fleetsim_job(tmp: Path, rounds: int, workers: str) -> tuple[float, int, float]:
+    """(wall seconds, peak tree RSS bytes, final accuracy) of the job in fleetsim."""
+    tmp.mkdir()
+    source, out = tmp / "job.yaml", tmp / "out"
+    source.write_text(SCENARIO.format(rounds=rounds, samples=1_000_000)
+                      + f"workers: {workers}\n")
+    wall, peak = measured([sys.executable, "-m", "fleetsim", "run", str(source), "--no-live",
+                           "--out", str(out)])
+    return wall, peak, json.loads((out / "summary.json").read_text())["final_accuracy"]
 
 
 if __name__ == "__main__":

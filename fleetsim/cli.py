@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleetsim import PROJECT_ROOT
 from fleetsim.errors import ConfigError, FleetsimError
@@ -164,14 +164,32 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path,
              resume: bool = False) -> None:
     """Run one scenario into `out_dir`, live in a terminal, plain lines elsewhere."""
+    dry_run = getattr(args, "dry_run", False)
+    hosts = None if dry_run else _launch_hosts_while_importing(scenario)
     from fleetsim.engine import run_scenario
     from fleetsim.monitor import make_observer
     from fleetsim.session import RunSetup
 
     live = not args.no_live and sys.stdout.isatty()
-    setup = RunSetup(scenario, Path(args.scenario), getattr(args, "dry_run", False))
+    setup = RunSetup(scenario, Path(args.scenario), dry_run, hosts)
     with make_observer(live, out_dir, scenario.output.tensorboard) as observer:
         asyncio.run(run_scenario(setup, out_dir, observer, resume))
+
+
+def _launch_hosts_while_importing(scenario: Scenario) -> Any:
+    """Ray's start and the hosts' own imports (seconds, in their processes) overlap the
+    engine's imports here (torch, transformers: seconds too), which a thread does: Ray
+    must start on the main thread."""
+    import threading
+    from importlib import import_module
+
+    from fleetsim.workers import launch_hosts
+
+    imports = threading.Thread(target=import_module, args=("fleetsim.engine",), daemon=True)
+    imports.start()
+    hosts = launch_hosts(scenario)
+    imports.join()
+    return hosts
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from fleetsim.clock import Clock
 from fleetsim.cost import group_param_counts
 from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
-from fleetsim.fleet import MIB, Fleet, build_fleet
+from fleetsim.fleet import Fleet, build_fleet
 from fleetsim.lora import init_adapters
 from fleetsim.metrics import RunWriter
 from fleetsim.model import ZOO, layer_groups
@@ -32,12 +32,10 @@ from fleetsim.types import (
     SetupContext,
     TrainingDefaults,
 )
-from fleetsim.workers import DryPool, HostOptions, HostPool
+from fleetsim.workers import DryPool, HostPool, launch_hosts
 from policies import create_policy
 
 log = logging.getLogger(__name__)
-# The RLIMIT_DATA safety net sits this far above a host's largest device budget.
-RLIMIT_HEADROOM_BYTES = 2 << 30
 # Every random stream of a run has its own domain, so no two can coincide.
 ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
 FAULT_STREAM = 6  # (5 is the fleet's: fleetsim.fleet.FLEET_STREAM)
@@ -62,6 +60,7 @@ class RunSetup:
     scenario: Scenario
     source: Path  # the scenario file, for error messages
     dry_run: bool = False  # clock, fleet and planning only: no data, weights or training
+    hosts: HostPool | None = None  # launched early by the caller (else when the run starts)
 
 
 @dataclass
@@ -121,6 +120,18 @@ def round_lr(lr: float, schedule: str, min_ratio: float, r: int, rounds: int) ->
 
 async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     scenario = setup.scenario
+    # the hosts start first: their processes import torch while this one loads the rest
+    pool = setup.hosts or (DryPool() if setup.dry_run else launch_hosts(scenario))
+    try:
+        return await _prepare(setup, out_dir, observer, pool)
+    except BaseException:
+        pool.close()
+        raise
+
+
+async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool | DryPool
+                   ) -> Run:
+    scenario = setup.scenario
     data = None if setup.dry_run else load_data(scenario, setup.source)
     examples = [DRY_RUN_EXAMPLES] * scenario.num_devices if data is None \
         else [len(c.train) for c in data.clients]
@@ -145,26 +156,26 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     counts = group_param_counts(config)
     info = ModelInfo(choice.model_name, config.n_layer, groups, {g: counts[g] for g in groups},
                      config, choice.adapters)
+    if data is None or isinstance(pool, DryPool):
+        return Run(scenario, fleet, policy, info, state, pool, None, {}, Clock(),
+                   start_writer(out_dir, scenario), observer, time.perf_counter())
+    await pool.load(config, [c.train for c in data.clients])
+    limit, seed = scenario.eval.max_samples, scenario.seed
+    windows = pool.share_parts(eval_sample(data.clients, limit, seed), EVAL_PARTS)
+    by_class: dict[str, list[Any]] = {}
+    for client, profile in zip(data.clients, fleet.profiles, strict=True):
+        by_class.setdefault(profile.name, []).append(client)
+    class_windows = {name: pool.share_parts(eval_sample(clients, limit, seed), EVAL_PARTS)
+                     for name, clients in sorted(by_class.items())}
+    return Run(scenario, fleet, policy, info, state, pool, windows, class_windows, Clock(),
+               start_writer(out_dir, scenario), observer, time.perf_counter())
+
+
+def start_writer(out_dir: Path, scenario: Scenario) -> RunWriter:
+    """The run's output files, starting with the resolved scenario."""
     writer = RunWriter(out_dir)
     writer.write_text("scenario.yaml", scenario_to_yaml(scenario))
-    if data is None:
-        return Run(scenario, fleet, policy, info, state, DryPool(), None, {}, Clock(), writer,
-                   observer, time.perf_counter())
-    pool = start_pool(scenario, config, data)
-    try:
-        limit, seed = scenario.eval.max_samples, scenario.seed
-        windows = pool.share_parts(eval_sample(data.clients, limit, seed), EVAL_PARTS)
-        by_class: dict[str, list[Any]] = {}
-        for client, profile in zip(data.clients, fleet.profiles, strict=True):
-            by_class.setdefault(profile.name, []).append(client)
-        class_windows = {name: pool.share_parts(eval_sample(clients, limit, seed), EVAL_PARTS)
-                         for name, clients in sorted(by_class.items())}
-    except BaseException:
-        pool.close()
-        writer.close()
-        raise
-    return Run(scenario, fleet, policy, info, state, pool, windows, class_windows, Clock(),
-               writer, observer, time.perf_counter())
+    return writer
 
 
 def load_data(scenario: Scenario, source: Path) -> FederatedData:
@@ -177,27 +188,6 @@ def load_data(scenario: Scenario, source: Path) -> FederatedData:
                                max_train_samples=d.clients.max_train_samples)
     except NotEnoughClients as err:
         raise ConfigError(source, "fleet", f"one client per device: {err}") from None
-
-
-def start_pool(scenario: Scenario, config: Any, data: FederatedData) -> HostPool:
-    workers = scenario.workers
-    windows = [c.train for c in data.clients]
-    largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
-    options = HostOptions(threads=workers.threads_per_host, device=workers.device,
-                          rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
-    slow = {f.host: f.delay_s for f in scenario.faults if f.kind == "slow_host"}
-    if workers.backend == "local":
-        return HostPool.start("local", 1, config, windows, options, slow=slow)
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=workers.address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
-    if workers.count == "auto":
-        count = max(1, int(ray.cluster_resources().get("CPU", 1) // workers.threads_per_host))
-    else:
-        count = workers.count
-    return HostPool.start("ray", count, config, windows, options, workers.gpus_per_host, slow)
 
 
 def eval_sample(clients: Sequence[Any], max_samples: int, seed: int) -> np.ndarray:

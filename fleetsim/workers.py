@@ -10,6 +10,7 @@ seed of (run seed, round, device), and each host trains on a fixed number of thr
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import logging
 import os
@@ -27,6 +28,10 @@ from fleetsim.types import LoraSpec, ModelState, Slices, Status, TrainingPlan, U
 log = logging.getLogger(__name__)
 HOST_RESTARTS = 100  # a host process that dies is started again, this many times at most
 REVIVE_TRIES, REVIVE_WAIT_S = 300, 0.2  # how long the pool waits for a restarted host
+RLIMIT_HEADROOM_BYTES = 2 << 30  # the RLIMIT_DATA net sits this far above the largest cap
+OBJECT_STORE_FRACTION = 0.3  # of the machine's memory, as Ray's own default
+RAY_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                               "logging_level": logging.WARNING}
 
 
 @dataclass(frozen=True)
@@ -184,59 +189,130 @@ def verified(result: JobResult) -> JobResult:
 
 class AsyncDeviceHost:
     """The Ray actor: an async front for a DeviceHost. Training runs in a worker thread,
-    so the actor's event loop stays free to answer while a device trains."""
+    so the actor's event loop stays free to answer while a device trains.
 
-    def __init__(self, *args: Any) -> None:
+    The actor starts before the driver knows the model and data (`load` brings them),
+    so its imports overlap the driver's loading; the pool loads a restarted actor again."""
+
+    def __init__(self, host_id: str, options: HostOptions) -> None:
         import ray
 
-        self.host = DeviceHost(*args)
-        node = ray.get_runtime_context().get_node_id()
-        self.host.host += f"/node-{node[:8]}"  # which machine of a cluster ran a job
+        import fleetsim.training  # noqa: F401  (torch, transformers: seconds, spent now)
+
+        self.host_id, self.options = host_id, options
+        self.node = ray.get_runtime_context().get_node_id()
+        self.host: DeviceHost | None = None
+
+    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
+        self.host = DeviceHost(self.host_id, model_config, train_windows, self.options)
+        self.host.host += f"/node-{self.node[:8]}"  # which machine of a cluster ran a job
 
     async def train(self, job: Job, state: ModelState) -> JobResult:
+        assert self.host is not None, "the pool loads a host before it sends jobs"
         return await asyncio.to_thread(self.host.train, job, state)
 
     async def evaluate(self, state: ModelState, windows: np.ndarray, plan: TrainingPlan
                        ) -> dict[str, float]:
+        assert self.host is not None, "the pool loads a host before it sends jobs"
         return await asyncio.to_thread(self.host.evaluate, state, windows, plan)
 
-    async def ping(self) -> bool:
-        return True
+
+def launch_hosts(scenario: Any) -> HostPool:
+    """Start a scenario's hosts: one in-process host, or Ray actors (by default one per
+    CPU of the cluster; more hosts than CPUs share them rather than wait for one)."""
+    from fleetsim.fleet import MIB
+    from fleetsim.scenario import device_profiles
+
+    workers = scenario.workers
+    largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
+    options = HostOptions(threads=workers.threads_per_host, device=workers.device,
+                          rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
+    slow = {f.host: f.delay_s for f in scenario.faults if f.kind == "slow_host"}
+    if workers.backend == "local":
+        return HostPool.launch("local", 1, options, slow=slow)
+    import ray
+
+    start_ray(workers.address)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    count = (max(1, int(cpus // workers.threads_per_host)) if workers.count == "auto"
+             else workers.count)
+    cpus_per_host = min(workers.threads_per_host, cpus / count)
+    return HostPool.launch("ray", count, options, cpus_per_host, workers.gpus_per_host, slow)
+
+
+def start_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address`, or start a lean one on this machine: Ray's
+    local-cluster helper lets a one-machine run leave out the autoscaler's monitor and
+    the log monitor (two Python processes, about 160 MB, that a run with
+    log_to_driver=False never uses), and it shuts down in a fraction of a second."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        from ray.cluster_utils import Cluster
+
+        logging.getLogger("ray").setLevel(logging.WARNING)  # not its address-file notice
+
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        head = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": os.cpu_count() or 1, "include_dashboard": False,
+            "include_log_monitor": False, "no_monitor": True,
+            "object_store_memory": int(memory * OBJECT_STORE_FRACTION)})
+        ray.init(address=head.address, **RAY_OPTIONS)
+        atexit.register(_stop_ray, head)  # runs before ray's own exit hook: driver, then node
+        return
+    ray.init(address=address, **RAY_OPTIONS)
+
+
+def _stop_ray(head: Any) -> None:
+    import ray
+
+    ray.shutdown()
+    head.shutdown()
 
 
 class HostPool:
     """A pool of hosts behind one asyncio interface: in-process or Ray actors."""
 
-    def __init__(self, hosts: list[Any], use_ray: bool) -> None:
-        self.hosts, self.use_ray = hosts, use_ray
+    def __init__(self, hosts: list[Any], use_ray: bool, options: HostOptions) -> None:
+        self.hosts, self.use_ray, self.options = hosts, use_ray, options
         self._last_shared: tuple[Any, Any] | None = None
-        self.pinned: list[Any] = []  # object-store values the hosts' constructors need
+        self._load_args: tuple[Any, Any] = (None, None)  # what a restarted host loads again
         self._reviving: set[asyncio.Future[None]] = set()
-        self.idle: asyncio.Queue[Any] = asyncio.Queue()
-        for host in hosts:
-            self.idle.put_nowait(host)
+        self.idle: asyncio.Queue[Any] = asyncio.Queue()  # hosts join once loaded
 
     @classmethod
-    def start(cls, backend: str, count: int, model_config: Any,
-              train_windows: Sequence[np.ndarray], options: HostOptions,
-              gpus_per_host: float = 0.0, slow: Mapping[int, float] = {}) -> HostPool:
-        """`slow`: injected delay per job by host index."""
-        if backend == "local":
+    def launch(cls, backend: str, count: int, options: HostOptions, cpus_per_host: float = 1.0,
+               gpus_per_host: float = 0.0, slow: Mapping[int, float] = {}) -> HostPool:
+        """Start the hosts (Ray actors, or one in-process host); `load` then gives them the
+        model and data. `slow`: injected delay per job by host index."""
+        if backend == "local":  # the driver's own process: never limited
             local = replace(options, rlimit_margin_bytes=None, delay_s=slow.get(0, 0.0))
-            host = DeviceHost("local", model_config, train_windows, local)  # never limited
-            return cls([host], use_ray=False)
+            return cls([], use_ray=False, options=local)
         import ray
 
         # a host process that dies is restarted (its job is lost and recorded `failed`)
-        remote_host = ray.remote(num_cpus=options.threads, num_gpus=gpus_per_host,
+        remote_host = ray.remote(num_cpus=cpus_per_host, num_gpus=gpus_per_host,
                                  max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
-        windows_ref = ray.put(list(train_windows))
-        hosts = [remote_host.remote(f"host{i}", model_config, windows_ref,
-                                    replace(options, in_actor=True, delay_s=slow.get(i, 0.0)))
+        hosts = [remote_host.remote(f"host{i}", replace(options, in_actor=True,
+                                                        delay_s=slow.get(i, 0.0)))
                  for i in range(count)]
-        pool = cls(hosts, use_ray=True)
-        pool.pinned = [windows_ref]  # a restarted host reads its data from here again
-        return pool
+        return cls(hosts, use_ray=True, options=options)
+
+    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
+        """Give every host the model configuration and the fleet's training windows (put
+        in the object store once); a host joins the idle queue once it has them."""
+        if not self.use_ray:
+            self.hosts = [DeviceHost("local", model_config, train_windows, self.options)]
+            self.idle.put_nowait(self.hosts[0])
+            return
+        import ray
+
+        self._load_args = (model_config, ray.put(list(train_windows)))
+        await asyncio.gather(*(host.load.remote(*self._load_args) for host in self.hosts))
+        for host in self.hosts:
+            self.idle.put_nowait(host)
 
     def share(self, value: Any) -> Any:
         """Publish a value every host reads (the global weights) once: for Ray, in the
@@ -310,13 +386,14 @@ class HostPool:
         return result
 
     async def _revive(self, host: Any) -> None:
-        """Keep a dead host out of the queue until Ray has started it again (jobs meanwhile
-        go to the other hosts); one that does not come back within a minute is dropped."""
+        """Keep a dead host out of the queue until Ray has started it again and it has
+        loaded the model and data (jobs meanwhile go to the other hosts); one that does not
+        come back within a minute is dropped."""
         from ray.exceptions import RayActorError
 
         for _ in range(REVIVE_TRIES):
             try:
-                await host.ping.remote()
+                await host.load.remote(*self._load_args)  # a restarted actor starts empty
             except RayActorError:
                 await asyncio.sleep(REVIVE_WAIT_S)
                 continue

@@ -67,16 +67,18 @@ def test_training_changes_the_model(two_worker_run: Path) -> None:
     assert summary["bytes_up"] > 0 and summary["bytes_down"] > summary["bytes_up"] / 2
 
 
-def test_same_seed_same_rounds_on_one_and_two_workers(two_worker_run: Path,
-                                                      tmp_path: Path) -> None:
-    run_smoke(tmp_path / "one", **{"workers.count": "1"})
-    one = without_wall_time(read_jsonl(tmp_path / "one" / "rounds.jsonl"))
+@pytest.mark.parametrize("count", [1, 3])  # 3 hosts on 2 CPUs share them, none waits
+def test_same_seed_same_rounds_on_any_number_of_workers(two_worker_run: Path, tmp_path: Path,
+                                                        count: int) -> None:
+    run_smoke(tmp_path / "other", **{"workers.count": str(count)})
+    other = without_wall_time(read_jsonl(tmp_path / "other" / "rounds.jsonl"))
     two = without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
-    assert one == two
-    hostless = [{k: v for k, v in d.items() if k != "host"}
-                for d in read_jsonl(tmp_path / "one" / "devices.jsonl")]
+    assert other == two
+    devices = read_jsonl(tmp_path / "other" / "devices.jsonl")
+    hostless = [{k: v for k, v in d.items() if k != "host"} for d in devices]
     assert hostless == [{k: v for k, v in d.items() if k != "host"}
                         for d in read_jsonl(two_worker_run / "devices.jsonl")]
+    assert len({d["host"] for d in devices if d["status"] == "ok"}) == count
 
 
 def test_in_process_backend_matches_ray(two_worker_run: Path, tmp_path: Path) -> None:
