@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SCENARIO ?= scenarios/default.yaml
 
-.PHONY: run test smoke lint clean
+.PHONY: run test smoke lint clean paper paper-reduced
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ smoke: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+paper: $(STAMP)
+	$(BIN)/fleetsim paper
+
+paper-reduced: $(STAMP)
+	$(BIN)/fleetsim paper --reduced
 
 lint: $(STAMP)
 	$(BIN)/ruff check fleetsim policies tests benchmarks

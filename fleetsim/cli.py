@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-live", action="store_true")
     compare.set_defaults(command=cmd_compare)
 
+    paper = sub.add_parser("paper", help="the reproduction suite: runs, tables, claims")
+    paper.add_argument("suite", nargs="?", help="suite file (default paper/suite.yaml)")
+    paper.add_argument("--reduced", action="store_true", help="the CI-sized version")
+    paper.add_argument("--only", default="", metavar="NAME,...",
+                       help="run and report only these experiments of the suite")
+    paper.add_argument("--out", help="run directories (default runs/paper[-reduced])")
+    paper.add_argument("--doc", help="the document (default docs/results.md; with "
+                       "--reduced OUT/results.md)")
+    paper.set_defaults(command=cmd_paper)
+
     resume = sub.add_parser("resume", help="continue a killed run from its last checkpoint")
     resume.add_argument("dir", help="the run's output directory")
     resume.add_argument("--no-live", action="store_true")
@@ -190,6 +200,24 @@ def _launch_hosts_while_importing(scenario: Scenario) -> Any:
     hosts = launch_hosts(scenario)
     imports.join()
     return hosts
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from fleetsim.claims import write_document
+    from fleetsim.paper import DEFAULT_SUITE, run_suite
+
+    suite_file = Path(args.suite) if args.suite else DEFAULT_SUITE
+    out_dir = Path(args.out or f"runs/paper{'-reduced' if args.reduced else ''}")
+    doc = Path(args.doc) if args.doc else (out_dir / "results.md" if args.reduced
+                                           else PROJECT_ROOT / "docs" / "results.md")
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    suite = run_suite(suite_file, out_dir, args.reduced, sys.stdout, names)
+    command = " ".join(["fleetsim paper", *(["--reduced"] if args.reduced else []),
+                        *([f"--only {args.only}"] if names else [])])
+    for check in write_document(suite, out_dir, doc, command, args.reduced):
+        print(f"{check.verdict:>24}: {check.claim} (measured {check.measured})")
+    print(f"document: {doc}")
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

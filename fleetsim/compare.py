@@ -18,9 +18,12 @@ COLUMNS = ("policy", "model", "final_accuracy", "accuracy_at_common_time", "comm
            "tflops", "contributed_share", "oom", "stragglers", "skipped")
 
 
-def with_policy(scenario: Scenario, name: str) -> Scenario:
-    """The scenario under another policy (its own params kept when it is the same one)."""
-    params = scenario.policy.params if name == scenario.policy.name else {}
+def with_policy(scenario: Scenario, name: str, params: dict[str, Any] | None = None
+                ) -> Scenario:
+    """The scenario under another policy with `params` (default: the scenario's own
+    params when it is the same policy, else none)."""
+    if params is None:
+        params = dict(scenario.policy.params) if name == scenario.policy.name else {}
     return scenario.model_copy(update={"policy": PolicyConfig(name=name, params=params),
                                        "name": f"{scenario.name}-{name}"})
 
