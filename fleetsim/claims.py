@@ -186,8 +186,7 @@ def write_document(suite: Suite, out_dir: Path, doc: Path, command: str,
         f"{wall_s / 60:.0f} minutes of wall time in all (`fleetsim paper` runs them one after "
         "another).", "",
         *(REDUCED_NOTE if reduced else []),
-        *([f"Experiments in this document: {', '.join(e.name for e in suite.experiments)} "
-           "(`--only`); the suite file has more.", ""] if "--only" in command else []),
+        f"Experiments: {', '.join(e.name for e in suite.experiments)}.", "",
         "## The papers' claims against fleetsim's measurements", "",
         "| claim | fleetsim measured | agrees? |", "|---|---|---|",
         *[f"| {c.claim} | {c.measured} | {c.verdict} |" for c in checks], ""]

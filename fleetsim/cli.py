@@ -193,7 +193,7 @@ def _launch_hosts_while_importing(scenario: Scenario) -> Any:
     import threading
     from importlib import import_module
 
-    from fleetsim.workers import launch_hosts
+    from fleetsim.cluster import launch_hosts
 
     imports = threading.Thread(target=import_module, args=("fleetsim.engine",), daemon=True)
     imports.start()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fleetsim.clock import Clock
+from fleetsim.cluster import launch_hosts
 from fleetsim.cost import group_param_counts
 from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
@@ -32,7 +33,7 @@ from fleetsim.types import (
     SetupContext,
     TrainingDefaults,
 )
-from fleetsim.workers import DryPool, HostPool, launch_hosts
+from fleetsim.workers import DryPool, HostPool
 from policies import create_policy
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ seed of (run seed, round, device), and each host trains on a fixed number of thr
 from __future__ import annotations
 
 import asyncio
-import atexit
 import hashlib
 import logging
 import os
@@ -28,10 +27,6 @@ from fleetsim.types import LoraSpec, ModelState, Slices, Status, TrainingPlan, U
 log = logging.getLogger(__name__)
 HOST_RESTARTS = 100  # a host process that dies is started again, this many times at most
 REVIVE_TRIES, REVIVE_WAIT_S = 300, 0.2  # how long the pool waits for a restarted host
-RLIMIT_HEADROOM_BYTES = 2 << 30  # the RLIMIT_DATA net sits this far above the largest cap
-OBJECT_STORE_FRACTION = 0.3  # of the machine's memory, as Ray's own default
-RAY_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                               "logging_level": logging.WARNING}
 
 
 @dataclass(frozen=True)
@@ -215,61 +210,6 @@ class AsyncDeviceHost:
                        ) -> dict[str, float]:
         assert self.host is not None, "the pool loads a host before it sends jobs"
         return await asyncio.to_thread(self.host.evaluate, state, windows, plan)
-
-
-def launch_hosts(scenario: Any) -> HostPool:
-    """Start a scenario's hosts: one in-process host, or Ray actors (by default one per
-    CPU of the cluster; more hosts than CPUs share them rather than wait for one)."""
-    from fleetsim.fleet import MIB
-    from fleetsim.scenario import device_profiles
-
-    workers = scenario.workers
-    largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB
-    options = HostOptions(threads=workers.threads_per_host, device=workers.device,
-                          rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
-    slow = {f.host: f.delay_s for f in scenario.faults if f.kind == "slow_host"}
-    if workers.backend == "local":
-        return HostPool.launch("local", 1, options, slow=slow)
-    import ray
-
-    start_ray(workers.address)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    count = (max(1, int(cpus // workers.threads_per_host)) if workers.count == "auto"
-             else workers.count)
-    cpus_per_host = min(workers.threads_per_host, cpus / count)
-    return HostPool.launch("ray", count, options, cpus_per_host, workers.gpus_per_host, slow)
-
-
-def start_ray(address: str | None) -> None:
-    """Join the Ray cluster at `address`, or start a lean one on this machine: Ray's
-    local-cluster helper lets a one-machine run leave out the autoscaler's monitor and
-    the log monitor (two Python processes, about 160 MB, that a run with
-    log_to_driver=False never uses), and it shuts down in a fraction of a second."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address is None:
-        from ray.cluster_utils import Cluster
-
-        logging.getLogger("ray").setLevel(logging.WARNING)  # not its address-file notice
-
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        head = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-            "include_log_monitor": False, "no_monitor": True,
-            "object_store_memory": int(memory * OBJECT_STORE_FRACTION)})
-        ray.init(address=head.address, **RAY_OPTIONS)
-        atexit.register(_stop_ray, head)  # runs before ray's own exit hook: driver, then node
-        return
-    ray.init(address=address, **RAY_OPTIONS)
-
-
-def _stop_ray(head: Any) -> None:
-    import ray
-
-    ray.shutdown()
-    head.shutdown()
 
 
 class HostPool:
