@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fleetsim.compare import rows_of  # noqa: E402
 from fleetsim.metrics import RunData, load_run, write_atomic  # noqa: E402
@@ -145,11 +146,13 @@ def fairness_lines(runs: Mapping[int, Mapping[str, RunData]], policies: Sequence
 
 def plot_accuracy(runs: Mapping[int, Mapping[str, RunData]], policies: Sequence[str],
                   title: str, path: Path) -> None:
-    """Accuracy against round per policy: mean over seeds, a band of one spread."""
+    """Accuracy against round per policy (round 0: before training): mean over seeds, a
+    band of one spread."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for p in policies:
-        curves = [[(r["round"] + 1, r["accuracy"]) for r in run[p].rounds
-                   if r["accuracy"] is not None] for run in runs.values()]
+        curves = [[(0, run[p].summary["initial_accuracy"])]  # the pretrained model
+                  + [(r["round"] + 1, r["accuracy"]) for r in run[p].rounds
+                     if r["accuracy"] is not None] for run in runs.values()]
         xs = [x for x, _ in curves[0]]
         stats = [Stat.of([c[i][1] for c in curves]) for i in range(len(xs))]
         means = [s.mean for s in stats]
@@ -157,6 +160,7 @@ def plot_accuracy(runs: Mapping[int, Mapping[str, RunData]], policies: Sequence[
         ax.fill_between(xs, [m - s.spread for m, s in zip(means, stats, strict=True)],
                         [m + s.spread for m, s in zip(means, stats, strict=True)], alpha=0.15)
     ax.set(title=title, xlabel="round", ylabel="next-char accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
