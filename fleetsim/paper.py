@@ -64,8 +64,8 @@ class PlannedRun:
 
 
 def load_suite(path: Path, reduced: bool = False) -> Suite:
-    """The suite as it will run: with `reduced`, its seeds and overrides replace the
-    full ones (the reduced overrides come after the suite's and each experiment's)."""
+    """The suite as it will run: with `reduced`, the reduced seeds replace the full ones
+    (`planned_runs` applies the reduced overrides last, after each experiment's)."""
     suite = parse_model(Suite, read_yaml(path), path)
     names = [e.name for e in suite.experiments]
     for i, name in enumerate(names):
