@@ -98,10 +98,17 @@ def check_lora_memory(rows: Rows) -> ClaimCheck:
                       "agrees" if agrees else "no")
 
 
+def _gain_over_best(rows: Rows, policy: str, rivals: Sequence[str]) -> tuple[Stat, str]:
+    """`policy`'s final accuracy minus the best rival's (best by mean over seeds), in
+    points, paired per seed; and that rival's name."""
+    best = _best_by_mean(rows, rivals)
+    return _paired(rows, lambda by: 100 * (by[policy]["final_accuracy"]
+                                           - by[best]["final_accuracy"])), best
+
+
 def check_caff_accuracy(rows: Rows) -> ClaimCheck:
-    best = _best_by_mean(rows, [p for p in next(iter(rows.values())) if p != "caff"])
-    gain = _paired(rows, lambda by: 100 * (by["caff"]["final_accuracy"]
-                                           - by[best]["final_accuracy"]))
+    gain, best = _gain_over_best(rows, "caff",
+                                 [p for p in next(iter(rows.values())) if p != "caff"])
     return ClaimCheck("CAFF +6.1 points over the best baseline under memory constraints",
                       f"{gain.text(2)} points over {best}", _gain_verdict(gain, 6.1 / 2))
 
@@ -115,10 +122,8 @@ def check_upload_parity(rows: Rows) -> ClaimCheck:
 
 
 def check_slt_ahead(rows: Rows) -> ClaimCheck:
-    present = [p for p in WIDTH_METHODS if p in next(iter(rows.values()))]
-    best = _best_by_mean(rows, present)
-    gain = _paired(rows, lambda by: 100 * (by["slt"]["final_accuracy"]
-                                           - by[best]["final_accuracy"]))
+    gain, best = _gain_over_best(rows, "slt", [p for p in WIDTH_METHODS
+                                               if p in next(iter(rows.values()))])
     return ClaimCheck("SLT far ahead of the width-reduced methods (up to +52.4 points)",
                       f"{gain.text(2)} points over {best}", _gain_verdict(gain, 10.0))
 
@@ -192,10 +197,14 @@ def write_document(suite: Suite, out_dir: Path, doc: Path, command: str,
         *(REDUCED_NOTE if reduced else []),
         f"Experiments: {', '.join(e.name for e in suite.experiments)}.", "",
         "## The papers' claims against fleetsim's measurements", "",
-        "| claim | fleetsim measured | agrees? |", "|---|---|---|",
-        *[f"| {c.claim} | {c.measured} | {c.verdict} |" for c in checks], ""]
+        *claim_table(checks), ""]
     write_atomic(doc, "\n".join(head + [line for s in sections for line in s]) + "\n")
     return checks
+
+
+def claim_table(checks: Sequence[ClaimCheck]) -> list[str]:
+    return ["| claim | fleetsim measured | agrees? |", "|---|---|---|",
+            *[f"| {c.claim} | {c.measured} | {c.verdict} |" for c in checks]]
 
 
 def _section(exp: Experiment, rows: Rows, runs: Mapping[int, Mapping[str, RunData]],
@@ -210,8 +219,7 @@ def _section(exp: Experiment, rows: Rows, runs: Mapping[int, Mapping[str, RunDat
         lines.append(f"| {p} | " + " | ".join(stats[p][m].text(d) for m, _, d in MEASURES)
                      + " |")
     if checks:
-        lines += ["", "| claim | fleetsim measured | agrees? |", "|---|---|---|",
-                  *[f"| {c.claim} | {c.measured} | {c.verdict} |" for c in checks]]
+        lines += ["", *claim_table(checks)]
     if exp.fairness:
         lines += ["", "Fairness per device class:", "", *fairness_lines(runs, exp.policies)]
     return lines + ["", f"![{exp.title}]({figure})", ""]
