@@ -1,8 +1,11 @@
 """`fleetsim paper`: the reproduction suite. Every experiment of a suite file (a scenario,
-the policies to compare on it, the claims its table checks) runs under every seed; each
-run is a normal run directory, OUT/<experiment>/<policy>/seed<k>/, and a run that
-finished is not run again, so a killed suite continues where it stopped. The document
-(tables, claims, figures) is then computed from those directories alone (`claims.py`).
+the policies to compare on it, the claims it checks with the rivals each claim is compared
+with, named before any run) runs under every seed; each run is a normal run directory,
+OUT/<experiment>/<policy>/seed<k>/, and a run that finished is not run again, so a killed
+suite continues where it stopped. An experiment with `upper_bound` also runs FedAvg on
+the same fleet with every device unconstrained (OUT/<experiment>/upper_bound/seed<k>/):
+its gain over the start is the experiment's headroom. The document (tables, claims with
+their verdicts, figures) is then computed from those directories alone (`claims.py`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +24,35 @@ from fleetsim import PROJECT_ROOT
 from fleetsim.compare import with_policy
 from fleetsim.errors import ConfigError
 from fleetsim.metrics import write_atomic
-from fleetsim.scenario import Scenario, load_scenario
+from fleetsim.scenario import Scenario, SelectionConfig, load_scenario
 from fleetsim.strict import Strict, parse_model, read_yaml
 
 DEFAULT_SUITE = PROJECT_ROOT / "paper" / "suite.yaml"
 DURATIONS = "durations.json"  # seconds per finished run, beside the run directories
 Claim = Literal["lora_memory", "caff_accuracy", "upload_parity", "slt_ahead"]
+# The method each claim is about; its rivals are the methods it is compared with.
+SUBJECT: Mapping[str, str] = {"lora_memory": "caff", "caff_accuracy": "caff",
+                              "upload_parity": "caff", "slt_ahead": "slt"}
+# Claims about an accuracy gap: testable only with enough headroom (an upper bound run).
+ACCURACY_CLAIMS = frozenset({"caff_accuracy", "upload_parity", "slt_ahead"})
+UPPER_BOUND = "upper_bound"  # the upper bound run's directory under its experiment
+# An unconstrained device: budgets far above any zoo model's full finetuning.
+FREE_MEMORY_MB = 65536.0
+FREE_FLOPS_PER_S = 1e15
+FREE_LINK_BPS = 1e11
+FREE_DEADLINE_S = 1e9
+
+
+class ClaimSpec(Strict):
+    """A claim an experiment checks and the methods it is compared with (its rivals, all
+    among the experiment's policies). `share`: the fraction of the headroom that decides
+    the verdict (the gain that agrees, the parity band); default per claim (claims.py).
+    `min_headroom_points` overrides the suite's threshold for this claim."""
+
+    claim: Claim
+    rivals: list[str] = Field(min_length=1)
+    share: float | None = Field(default=None, gt=0, le=1)
+    min_headroom_points: float | None = Field(default=None, gt=0)
 
 
 class Experiment(Strict):
@@ -36,8 +62,10 @@ class Experiment(Strict):
     policies: list[str] = Field(min_length=1)
     set: dict[str, str] = {}  # overrides for this experiment's runs (`--set` syntax)
     params: dict[str, dict[str, Any]] = {}  # policy name -> its params in this experiment
-    claims: list[Claim] = []  # what the paper says that this experiment can check
+    claims: list[ClaimSpec] = []  # what the paper says that this experiment can check
     fairness: bool = False  # add the per-class fairness table
+    start: Literal["pretrained", "scratch"] = "pretrained"  # the model the runs start from
+    upper_bound: bool = False  # also run FedAvg with every device unconstrained
 
 
 class Reduced(Strict):
@@ -50,6 +78,8 @@ class Reduced(Strict):
 class Suite(Strict):
     seeds: list[int] = Field(min_length=1)
     set: dict[str, str] = {}  # overrides for every run
+    # an accuracy claim is testable only where the headroom's lower bound reaches this
+    min_headroom_points: float = Field(default=3.0, gt=0)
     reduced: Reduced
     experiments: list[Experiment] = Field(min_length=1)
 
@@ -57,10 +87,16 @@ class Suite(Strict):
 @dataclass(frozen=True)
 class PlannedRun:
     experiment: Experiment
-    policy: str
+    policy: str  # the policy that runs (fedavg for the upper bound)
     seed: int
     scenario: Scenario
     out_dir: Path
+    upper_bound: bool = False  # the experiment's upper bound run
+
+    @property
+    def label(self) -> str:
+        """The run's name within its experiment: its policy, or upper_bound."""
+        return UPPER_BOUND if self.upper_bound else self.policy
 
 
 def load_suite(path: Path, reduced: bool = False) -> Suite:
@@ -71,9 +107,48 @@ def load_suite(path: Path, reduced: bool = False) -> Suite:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(path, f"experiments[{i}].name", f"{name!r} appears twice")
+        check_claims(suite.experiments[i], path, f"experiments[{i}]")
     if reduced:
         suite = suite.model_copy(update={"seeds": suite.reduced.seeds})
     return suite
+
+
+def check_claims(exp: Experiment, path: Path, key: str) -> None:
+    """Each claim's method and rivals are among the experiment's policies (LoRA's memory
+    is compared with LoRA only, and has fixed bounds, not a share of the headroom); an
+    accuracy claim needs the upper bound run. Raises ConfigError naming the key path."""
+    for j, spec in enumerate(exp.claims):
+        at, subject = f"{key}.claims[{j}]", SUBJECT[spec.claim]
+        if subject not in exp.policies:
+            raise ConfigError(path, f"{at}.claim", f"{spec.claim} is about {subject}, "
+                              f"which is not among the policies {', '.join(exp.policies)}")
+        for rival in spec.rivals:
+            if rival not in exp.policies or rival == subject:
+                raise ConfigError(path, f"{at}.rivals", f"{rival!r} is not a rival of "
+                                  f"{subject} among the policies {', '.join(exp.policies)}")
+        if spec.claim == "lora_memory" and (spec.rivals != ["lora"] or spec.share
+                                            or spec.min_headroom_points):
+            raise ConfigError(path, at, "lora_memory takes rivals [lora] and no share or "
+                              "min_headroom_points (its bounds are 2x-3x)")
+        if spec.claim in ACCURACY_CLAIMS and not exp.upper_bound:
+            raise ConfigError(path, f"{key}.upper_bound", f"{spec.claim} compares accuracy: "
+                              "it needs the headroom, set upper_bound: true")
+
+
+def unconstrained(scenario: Scenario) -> Scenario:
+    """The same scenario with every device unconstrained: memory, FLOP rate and both links
+    far above any need (`memory_of` dropped, throttling, bandwidth walks and budget events
+    removed) and a deadline that never binds. Availability (churn), selection, data,
+    model, training and faults are kept. Pure: returns a new scenario."""
+    free = {"memory_mb": FREE_MEMORY_MB, "flops_per_s": FREE_FLOPS_PER_S,
+            "uplink_bps": FREE_LINK_BPS, "downlink_bps": FREE_LINK_BPS}
+    fleet = [entry.model_copy(update={"memory_of": None, "overrides": {**entry.overrides,
+                                                                       **free},
+                                      "throttle": None, "bandwidth_walk": None})
+             for entry in scenario.fleet]
+    selection = SelectionConfig.model_validate({**scenario.selection.model_dump(),
+                                                "deadline_s": FREE_DEADLINE_S})
+    return scenario.model_copy(update={"fleet": fleet, "events": [], "selection": selection})
 
 
 def only(suite: Suite, path: Path, names: Sequence[str]) -> Suite:
@@ -89,7 +164,8 @@ def only(suite: Suite, path: Path, names: Sequence[str]) -> Suite:
 
 def planned_runs(suite: Suite, path: Path, out_dir: Path, reduced: bool = False
                  ) -> Iterator[PlannedRun]:
-    """Every run of the suite, in order; scenarios are loaded (and so checked) here."""
+    """Every run of the suite, in order (per experiment and seed: its policies, then its
+    upper bound if it has one); scenarios are loaded (and so checked) here."""
     from policies import registered
 
     known = registered()
@@ -108,6 +184,11 @@ def planned_runs(suite: Suite, path: Path, out_dir: Path, reduced: bool = False
                 yield PlannedRun(exp, policy, seed,
                                  with_policy(base, policy, exp.params.get(policy)),
                                  out_dir / exp.name / policy / f"seed{seed}")
+            if exp.upper_bound:
+                bound = unconstrained(with_policy(base, "fedavg", exp.params.get("fedavg")))
+                yield PlannedRun(exp, "fedavg", seed, bound.model_copy(
+                    update={"name": f"{base.name}-{UPPER_BOUND}"}),
+                    out_dir / exp.name / UPPER_BOUND / f"seed{seed}", upper_bound=True)
 
 
 def run_suite(path: Path, out_dir: Path, reduced: bool = False, log: Any = None,
