@@ -55,6 +55,16 @@ class ClaimSpec(Strict):
     min_headroom_points: float | None = Field(default=None, gt=0)
 
 
+class GapSpec(Strict):
+    """An experiment's small-model reference for gap shares: `small` names the policy
+    (one of the experiment's) whose runs are the small model; `about` says in the document
+    what that model is. Per seed, a method's share of the gap is (method - small) /
+    (upper bound - small) in final accuracy (findings.py), so it needs the upper bound run."""
+
+    small: str
+    about: str = ""
+
+
 class Experiment(Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     title: str
@@ -66,6 +76,7 @@ class Experiment(Strict):
     fairness: bool = False  # add the per-class fairness table
     start: Literal["pretrained", "scratch"] = "pretrained"  # the model the runs start from
     upper_bound: bool = False  # also run FedAvg with every device unconstrained
+    gap: GapSpec | None = None  # the document's gap shares against a small model
 
 
 class Reduced(Strict):
@@ -108,6 +119,7 @@ def load_suite(path: Path, reduced: bool = False) -> Suite:
         if name in names[:i]:
             raise ConfigError(path, f"experiments[{i}].name", f"{name!r} appears twice")
         check_claims(suite.experiments[i], path, f"experiments[{i}]")
+        check_gap(suite.experiments[i], path, f"experiments[{i}]")
     if reduced:
         suite = suite.model_copy(update={"seeds": suite.reduced.seeds})
     return suite
@@ -133,6 +145,19 @@ def check_claims(exp: Experiment, path: Path, key: str) -> None:
         if spec.claim in ACCURACY_CLAIMS and not exp.upper_bound:
             raise ConfigError(path, f"{key}.upper_bound", f"{spec.claim} compares accuracy: "
                               "it needs the headroom, set upper_bound: true")
+
+
+def check_gap(exp: Experiment, path: Path, key: str) -> None:
+    """The gap's small model is one of the experiment's policies and the experiment has
+    the upper bound run. Raises ConfigError naming the key path."""
+    if exp.gap is None:
+        return
+    if exp.gap.small not in exp.policies:
+        raise ConfigError(path, f"{key}.gap.small", f"{exp.gap.small!r} is not among the "
+                          f"policies {', '.join(exp.policies)}")
+    if not exp.upper_bound:
+        raise ConfigError(path, f"{key}.upper_bound", "gap shares are shares of the gap "
+                          "between the small model and the upper bound: set upper_bound: true")
 
 
 def unconstrained(scenario: Scenario) -> Scenario:

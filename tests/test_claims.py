@@ -1,7 +1,9 @@
 """Verdicts that can say `not testable`: claims with named rivals, the upper bound run
 and its headroom, the verdict rules on hand-built rows (every interval below is computed
 by hand in its comment: mean ± t(0.975, n-1) * s / sqrt(n), t = 4.303 for 3 seeds and
-12.706 for 2), and the document on a fake suite directory (no simulation)."""
+12.706 for 2), and the document on a fake suite directory (no simulation). The document's
+other tables (gap shares, CAFF's choice, plan-level memory, tuning, run time):
+tests/test_findings.py."""
 
 from __future__ import annotations
 
@@ -11,17 +13,7 @@ from typing import Any
 
 import pytest
 
-from fleetsim.claims import (
-    NOT_TESTABLE,
-    Evidence,
-    Interval,
-    Rows,
-    Stat,
-    check,
-    load_rows,
-    t_975,
-    write_document,
-)
+from fleetsim.claims import load_rows, write_document
 from fleetsim.cost import parse_plan, predict_peak_bytes
 from fleetsim.errors import ConfigError
 from fleetsim.model import ZOO
@@ -33,8 +25,10 @@ from fleetsim.paper import (
     planned_runs,
     unconstrained,
 )
-from fleetsim.scenario import device_profiles, load_scenario, resolve
+from fleetsim.scenario import Scenario, device_profiles, load_scenario, resolve, scenario_to_yaml
+from fleetsim.stats import Interval, Stat, t_975
 from fleetsim.types import OptimizerSpec
+from fleetsim.verdicts import NOT_TESTABLE, Evidence, Rows, check
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = Interval(20.0, 19.0, 21.0, 3)  # a headroom of 20 points, clearly above 3
@@ -250,10 +244,14 @@ def test_planned_runs_add_the_upper_bound(tmp_path: Path) -> None:
 
 
 def fake_run(run_dir: Path, initial: float, final: float, peak_mb: float = 10.0,
-             skipped: int = 0, plan: str = "train=head;frozen=") -> None:
+             skipped: int = 0, plan: str = "train=head;frozen=",
+             scenario: Scenario | None = None) -> None:
     """A finished run directory as the engine writes it, with two device records (the
-    second skipped or a straggler when `skipped`)."""
+    second skipped or a straggler when `skipped`) and `scenario` as its scenario.yaml
+    (default: the smoke scenario)."""
     run_dir.mkdir(parents=True)
+    scenario = scenario or load_scenario(ROOT / "scenarios" / "smoke.yaml")
+    (run_dir / "scenario.yaml").write_text(scenario_to_yaml(scenario))
     device = {"device_class": "phone_low", "plan": plan, "status": "ok",
               "peak_mem_bytes": int(peak_mb * 2**20), "mem_cap_bytes": 2**30, "flops": 1e9}
     devices = [device, {**device, "status": {0: "ok", 1: "skipped"}.get(skipped,
@@ -289,7 +287,7 @@ def test_document_states_headroom_rivals_and_verdicts(tmp_path: Path) -> None:
         fake_run(run / "upper_bound" / f"seed{s}", 0.3, 0.50 + 2 * s / 100)
         fake_run(out / "plain" / "caff" / f"seed{s}", 0.3, 0.31)
         fake_run(out / "plain" / "lora" / f"seed{s}", 0.3, 0.32)
-    checks = write_document(load_suite(path), out, doc, "fleetsim paper")
+    checks = write_document(load_suite(path), out, doc, "fleetsim paper", measure=False)
     text = doc.read_text()
     assert "The 18 runs took" in text
     # upper bound 0.50, 0.52, 0.54: 0.52 ± 4.303 * 0.02 / sqrt(3) = [0.4703, 0.5697];
