@@ -78,7 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--out", help="run directories (default runs/paper[-reduced])")
     paper.add_argument("--doc", help="the document (default docs/results.md; with "
                        "--reduced OUT/results.md)")
+    paper.add_argument("--jobs", type=int, help="runs at once, one process and host each "
+                       "(default: the number of CPUs)")
     paper.set_defaults(command=cmd_paper)
+
+    tune = sub.add_parser("tune", help="grid-search a policy's settings on the validation "
+                          "split")
+    tune.add_argument("scenario")
+    tune.add_argument("--policy", required=True, help="the policy to tune")
+    tune.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+                      help="values to try for a key (repeatable: the cartesian product)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    tune.add_argument("--rounds", type=int)
+    tune.add_argument("--out", help="output directory (must not hold a tuning)")
+    tune.add_argument("--jobs", type=int, help="runs at once (default: the number of CPUs)")
+    tune.set_defaults(command=cmd_tune, seed=None)
 
     resume = sub.add_parser("resume", help="continue a killed run from its last checkpoint")
     resume.add_argument("dir", help="the run's output directory")
@@ -211,12 +225,68 @@ def cmd_paper(args: argparse.Namespace) -> int:
     doc = Path(args.doc) if args.doc else (out_dir / "results.md" if args.reduced
                                            else PROJECT_ROOT / "docs" / "results.md")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    suite = run_suite(suite_file, out_dir, args.reduced, sys.stdout, names)
+    suite = run_suite(suite_file, out_dir, args.reduced, sys.stdout, names,
+                      _jobs(args, "paper"))
     command = " ".join(["fleetsim paper", *(["--reduced"] if args.reduced else []),
                         *([f"--only {args.only}"] if names else [])])
     for check in write_document(suite, out_dir, doc, command, args.reduced):
         print(f"{check.verdict:>24}: {check.claim} (measured {check.measured})")
     print(f"document: {doc}")
+    return 0
+
+
+def _jobs(args: argparse.Namespace, command: str) -> int | None:
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"fleetsim {command}", "--jobs", "must be >= 1")
+    return int(args.jobs) if args.jobs is not None else None
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run the policy's grid on the validation split; write tune.json and tune.md; print
+    the table and the choice (see fleetsim.tuning)."""
+    import json
+
+    from fleetsim.batch import default_jobs, run_batch
+    from fleetsim.compare import with_policy
+    from fleetsim.dashboard import fmt
+    from fleetsim.metrics import write_atomic
+    from fleetsim.scenario import load_scenario
+    from fleetsim.tuning import (
+        TUNE_FILE,
+        apply,
+        collect,
+        label,
+        parse_grid,
+        table,
+        trial_runs,
+    )
+    from policies import registered
+
+    source = Path(args.scenario)
+    grid = parse_grid(args.grid, "fleetsim tune")
+    jobs = _jobs(args, "tune") or default_jobs()
+    if args.policy not in registered() and ":" not in args.policy:
+        raise ConfigError("fleetsim tune", "--policy", f"unknown policy {args.policy!r}; "
+                          f"registered: {', '.join(registered())}")
+    overrides = _overrides(args)
+    scenario = with_policy(load_scenario(source, overrides), args.policy)
+    # --set policy.params.* belong to the tuned policy: applied after the switch to it
+    scenario = apply(scenario, {k: v for k, v in overrides.items()
+                                if k.startswith("policy.params.")}, source)
+    out_dir = _output_dir(args.out, scenario.output.dir, f"{scenario.name}-tune",
+                          marker=TUNE_FILE)
+    trials = trial_runs(scenario, source, grid, out_dir)  # every setting checked first
+    settings = {run.out_dir: setting for setting, run in trials}
+    run_batch([run for _, run in trials], jobs, lambda run, outcome: print(
+        f"{run.out_dir.name} {label(settings[run.out_dir])}: validation accuracy "
+        f"{fmt(outcome.final_accuracy)} ({outcome.seconds:.0f} s)", flush=True))
+    tuned = {"scenario": str(source), "policy": args.policy, "seed": scenario.seed,
+             "split": "validation", **collect(grid, trials, out_dir)}
+    write_atomic(out_dir / TUNE_FILE, json.dumps(tuned, indent=1))
+    write_atomic(out_dir / "tune.md", table(tuned))
+    print(table(tuned), end="")
+    print(f"chose {label(tuned['choice'])} (validation accuracy "
+          f"{fmt(tuned['choice_validation_accuracy'])}); {out_dir / TUNE_FILE}")
     return 0
 
 

@@ -67,12 +67,15 @@ class NotEnoughClients(DataError):
 
 @dataclass(frozen=True)
 class ClientData:
-    """One device's ``(n, seq_len + 1)`` uint8 windows; inputs ``w[:-1]``, targets ``w[1:]``."""
+    """One device's ``(n, seq_len + 1)`` uint8 windows; inputs ``w[:-1]``, targets ``w[1:]``.
+
+    ``validation`` is held out of ``train`` (see :func:`build_federated`); empty unless asked."""
 
     client_id: str
     play: str
     train: np.ndarray
     test: np.ndarray
+    validation: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,7 @@ def _eligible(roles: dict[str, dict[str, str]], seq_len: int, train_fraction: fl
             win = _windows(encode(roles[play][role]), seq_len)
             cut = int(win.shape[0] * train_fraction)
             if cut >= min_train and win.shape[0] > cut:
-                out.append(ClientData(f"{play}/{role}", play, win[:cut], win[cut:]))
+                out.append(ClientData(f"{play}/{role}", play, win[:cut], win[cut:], win[:0]))
     return out
 
 
@@ -364,13 +367,19 @@ def _repartition(chosen: list[ClientData], rng: np.random.Generator, partition: 
     (train, tags), (test, _) = pools
     return [ClientData(f"{partition}/{k:04d}",
                        plays[int(np.bincount(tags[tr], minlength=len(plays)).argmax())],
-                       train[tr], test[te])
+                       train[tr], test[te], train[:0])
             for k, (tr, te) in enumerate(zip(picks[0], picks[1], strict=True))]
+
+
+def _hold_out(client: ClientData, fraction: float) -> ClientData:
+    """The client with the last ``int(n * fraction)`` of its ``n`` train windows as validation."""
+    keep = len(client.train) - int(len(client.train) * fraction)
+    return replace(client, train=client.train[:keep], validation=client.train[keep:])
 
 
 def build_federated(num_clients: int, seed: int, *, partition: str = "natural", alpha: float = 0.5,
                     seq_len: int = 80, train_fraction: float = 0.8, min_train_samples: int = 8,
-                    max_train_samples: int | None = None,
+                    max_train_samples: int | None = None, validation_fraction: float = 0.0,
                     cache_dir: Path | None = None) -> FederatedData:
     """Split the client plays into ``num_clients`` clients; same arguments, identical arrays.
 
@@ -383,13 +392,18 @@ def build_federated(num_clients: int, seed: int, *, partition: str = "natural", 
     ``q_k ~ Dir(alpha)`` over the chosen roles' plays and gets as many train (test) windows as the
     k-th chosen role has, split by ``q_k`` as far as windows remain (see :func:`_by_play`); no
     window goes to two clients. For iid/dirichlet ``client_id`` is ``"<partition>/<k>"`` and
-    ``play`` the play giving most of its train windows. ``max_train_samples`` keeps each client's
-    first train windows. ``cache_dir`` replaces the cache root. ValueError on bad arguments.
+    ``play`` the play giving most of its train windows. Then each client's last
+    ``int(n * validation_fraction)`` of its ``n`` train windows (by position: right before its
+    test windows, for a natural client) move from ``train`` to ``validation``; which clients are
+    chosen and their test windows do not depend on it, and 0 leaves ``validation`` empty.
+    ``max_train_samples`` then keeps each client's first train windows. ``cache_dir`` replaces
+    the cache root. ValueError on bad arguments.
     """
     bad = [msg for wrong, msg in [
         (num_clients < 1, "num_clients < 1"), (partition not in PARTITIONS, f"{partition=}"),
         (not alpha > 0, "alpha <= 0"), (seq_len < 1, "seq_len < 1"),
         (not 0 < train_fraction < 1, "train_fraction outside (0, 1)"),
+        (not 0 <= validation_fraction < 1, "validation_fraction outside [0, 1)"),
         (min_train_samples < 1, "min_train_samples < 1"),
         (max_train_samples is not None and max_train_samples < 1, "max_train_samples < 1"),
     ] if wrong]
@@ -404,6 +418,7 @@ def build_federated(num_clients: int, seed: int, *, partition: str = "natural", 
     clients = [eligible[i] for i in rng.choice(len(eligible), size=num_clients, replace=False)]
     if partition != "natural":
         clients = _repartition(clients, rng, partition, alpha)
+    clients = [_hold_out(c, validation_fraction) for c in clients]
     if max_train_samples is not None:
         clients = [replace(c, train=c.train[:max_train_samples]) for c in clients]
     return FederatedData(clients=tuple(clients), vocab_size=VOCAB_SIZE)

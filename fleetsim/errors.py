@@ -17,6 +17,10 @@ class ConfigError(FleetsimError):
         where = f"{self.path}: {key}" if key else self.path
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str]]:
+        """Pickled by its parts: a run in a worker process raises it in the driver too."""
+        return ConfigError, (self.path, self.key, self.message)
+
 
 class DeviceOOM(FleetsimError):
     """A device's training crossed its memory budget (the update is lost)."""

@@ -10,9 +10,7 @@ their verdicts, figures) is then computed from those directories alone (`claims.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +19,23 @@ from typing import Any, Literal
 from pydantic import Field
 
 from fleetsim import PROJECT_ROOT
+from fleetsim.batch import BatchRun, Outcome, default_jobs, run_batch, single_host
 from fleetsim.compare import with_policy
 from fleetsim.errors import ConfigError
 from fleetsim.metrics import write_atomic
 from fleetsim.scenario import Scenario, SelectionConfig, load_scenario
 from fleetsim.strict import Strict, parse_model, read_yaml
+from fleetsim.tuning import (
+    Grid,
+    Setting,
+    TuningConfig,
+    apply,
+    collect,
+    grid_of,
+    label,
+    trial_runs,
+    write_tuning,
+)
 
 DEFAULT_SUITE = PROJECT_ROOT / "paper" / "suite.yaml"
 DURATIONS = "durations.json"  # seconds per finished run, beside the run directories
@@ -77,6 +87,7 @@ class Experiment(Strict):
     start: Literal["pretrained", "scratch"] = "pretrained"  # the model the runs start from
     upper_bound: bool = False  # also run FedAvg with every device unconstrained
     gap: GapSpec | None = None  # the document's gap shares against a small model
+    tuning: TuningConfig = TuningConfig()  # grids that replace the suite's, per policy
 
 
 class Reduced(Strict):
@@ -84,6 +95,7 @@ class Reduced(Strict):
 
     seeds: list[int] = Field(min_length=1)
     set: dict[str, str] = {}
+    tuning: TuningConfig | None = None  # given: replaces every grid of the suite
 
 
 class Suite(Strict):
@@ -93,6 +105,7 @@ class Suite(Strict):
     min_headroom_points: float = Field(default=3.0, gt=0)
     reduced: Reduced
     experiments: list[Experiment] = Field(min_length=1)
+    tuning: TuningConfig = TuningConfig()  # per policy, the grid tuned on the first seed
 
 
 @dataclass(frozen=True)
@@ -216,46 +229,154 @@ def planned_runs(suite: Suite, path: Path, out_dir: Path, reduced: bool = False
                     out_dir / exp.name / UPPER_BOUND / f"seed{seed}", upper_bound=True)
 
 
-def run_suite(path: Path, out_dir: Path, reduced: bool = False, log: Any = None,
-              names: Sequence[str] = ()) -> Suite:
-    """Run every planned run (of the named experiments; default all) that has not
-    finished yet; progress goes to `log`."""
-    from fleetsim.engine import run_scenario
-    from fleetsim.monitor import PlainObserver
-    from fleetsim.session import RunSetup
+@dataclass(frozen=True)
+class SuiteJob:
+    """One run of the suite (a test run or a tuning trial) and its progress line."""
 
+    run: BatchRun
+    label: str
+    measure: str  # what the line reports: "final accuracy" or "validation accuracy"
+
+
+# experiment -> run label -> (grid, its trials); see tuning_plan
+TuningPlan = dict[str, dict[str, tuple[Grid, list[tuple[Setting, BatchRun]]]]]
+
+
+def run_suite(path: Path, out_dir: Path, reduced: bool = False, log: Any = None,
+              names: Sequence[str] = (), jobs: int | None = None) -> Suite:
+    """Run every planned run (of the named experiments; default all) that has not
+    finished yet, `jobs` at once (default: the CPUs), each on one host in a process of its
+    own (fleetsim.batch); progress goes to `log`. First every tuning trial (`tuning_plan`);
+    each experiment's choices go to OUT/<exp>/tuning.json and apply to all its seeds."""
     suite = only(load_suite(path, reduced), path, names)
     runs = list(planned_runs(suite, path, out_dir, reduced))  # every scenario checked first
+    plan = tuning_plan(suite, path, runs, out_dir, reduced)  # and every trial's
+    jobs = jobs or default_jobs()
     durations = load_durations(out_dir)
-    for n, run in enumerate(runs, 1):
-        label = f"[{n}/{len(runs)}] {run.experiment.name} {run.policy} seed {run.seed}"
-        key = str(run.out_dir.relative_to(out_dir))
-        if (run.out_dir / "summary.json").is_file() and key in durations:
-            print(f"{label}: done before", file=log, flush=True)
-            continue
-        _clear(run.out_dir)  # a run killed midway starts again
-        began = time.perf_counter()
-        with (run.out_dir.parent / f"{run.out_dir.name}.log").open("w") as run_log:
-            summary = asyncio.run(run_scenario(RunSetup(run.scenario, PROJECT_ROOT /
-                                                        run.experiment.scenario),
-                                               run.out_dir, PlainObserver(run.out_dir,
-                                                                          run_log)))
-        durations[key] = time.perf_counter() - began  # the whole run, start-up included
-        write_atomic(out_dir / DURATIONS, json.dumps(durations, indent=1, sort_keys=True))
-        print(f"{label}: final accuracy {summary['final_accuracy']:.4f} "
-              f"({durations[key]:.0f} s)", file=log, flush=True)
+    trials = [(exp, name, setting, run) for exp, by_name in plan.items()
+              for name, (_, pairs) in by_name.items() for setting, run in pairs]
+    _run_jobs([SuiteJob(run, f"tuning [{n}/{len(trials)}] {exp} {name} {label(setting)}",
+                        "validation accuracy")
+               for n, (exp, name, setting, run) in enumerate(trials, 1)],
+              out_dir, durations, jobs, log)
+    choices = record_choices(plan, out_dir, log)
+    _run_jobs([SuiteJob(_frozen(run, choices), f"[{n}/{len(runs)}] {run.experiment.name} "
+                        f"{run.label} seed {run.seed}", "final accuracy")
+               for n, run in enumerate(runs, 1)], out_dir, durations, jobs, log)
     return suite
+
+
+def _frozen(run: PlannedRun, choices: Mapping[tuple[str, str], Setting]) -> BatchRun:
+    """The planned run with its experiment's tuned choice applied, on one host."""
+    source = PROJECT_ROOT / run.experiment.scenario
+    choice = choices.get((run.experiment.name, run.label), {})
+    return BatchRun(single_host(apply(run.scenario, choice, source)), source, run.out_dir)
+
+
+def tuning_plan(suite: Suite, path: Path, runs: Sequence[PlannedRun], out_dir: Path,
+                reduced: bool = False) -> TuningPlan:
+    """The trials: for each run of the first seed whose label (policy, or upper_bound)
+    has a grid, each setting of the grid on that run's scenario, on the validation split,
+    in OUT/<exp>/tuning/<label>/grid<i>/. ConfigError names the grid of a bad key."""
+    check_grids(suite, path)
+    plan: TuningPlan = {}
+    for run in runs:
+        found = grid_for(suite, run, reduced) if run.seed == suite.seeds[0] else None
+        if found is None:
+            continue
+        where, grid = found[0], grid_of(found[1])
+        exp_dir = out_dir / run.experiment.name
+        try:
+            trials = trial_runs(run.scenario, PROJECT_ROOT / run.experiment.scenario, grid,
+                                exp_dir / "tuning" / run.label)
+        except ConfigError as err:
+            raise ConfigError(path, where, f"{err.key}: {err.message}") from None
+        plan.setdefault(run.experiment.name, {})[run.label] = (grid, trials)
+    return plan
+
+
+def grid_for(suite: Suite, run: PlannedRun, reduced: bool = False
+             ) -> tuple[str, dict[str, list[Any]]] | None:
+    """The run's grid and where the suite file declares it. With `reduced` and
+    reduced.tuning given, only its grids count; else the experiment's, then the suite's.
+    At each level the run's label wins over its policy (the upper bound takes fedavg's
+    grid unless `upper_bound` has one). None: the run is not tuned."""
+    exp = run.experiment
+    levels = ([("reduced.tuning", suite.reduced.tuning)] if reduced and suite.reduced.tuning
+              else [(f"experiments[{exp.name}].tuning", exp.tuning), ("tuning", suite.tuning)])
+    for prefix, config in levels:
+        for name in (run.label, run.policy):
+            if name in config.grids:
+                return f"{prefix}.grids.{name}", config.grids[name]
+    return None
+
+
+def check_grids(suite: Suite, path: Path) -> None:
+    """Every grid names a registered policy (or upper_bound) and has values to try."""
+    from policies import registered
+
+    known = [*registered(), UPPER_BOUND]
+    levels = [("tuning", suite.tuning), ("reduced.tuning", suite.reduced.tuning),
+              *((f"experiments[{e.name}].tuning", e.tuning) for e in suite.experiments)]
+    for prefix, config in levels:
+        for name, grid in (config.grids if config else {}).items():
+            if name not in known:
+                raise ConfigError(path, f"{prefix}.grids", f"unknown policy {name!r}; "
+                                  f"registered: {', '.join(known)}")
+            for key, values in grid.items():
+                if not values:
+                    raise ConfigError(path, f"{prefix}.grids.{name}.{key}", "no values")
+            if not grid:
+                raise ConfigError(path, f"{prefix}.grids.{name}", "no keys")
+
+
+def record_choices(plan: TuningPlan, out_dir: Path, log: Any = None
+                   ) -> dict[tuple[str, str], Setting]:
+    """Each experiment's tuning.json, computed from its trials' run directories; returns
+    (experiment, run label) -> the chosen setting."""
+    choices = {}
+    for exp_name, by_name in plan.items():
+        exp_dir = out_dir / exp_name
+        results = {name: collect(grid, trials, exp_dir) for name, (grid, trials)
+                   in by_name.items()}
+        write_tuning(exp_dir, results)
+        for name, tuned in results.items():
+            choices[(exp_name, name)] = tuned["choice"]
+            print(f"{exp_name} {name}: chose {label(tuned['choice'])} (validation accuracy "
+                  f"{_fmt(tuned['choice_validation_accuracy'])})", file=log, flush=True)
+    return choices
+
+
+def _run_jobs(batch: Sequence[SuiteJob], out_dir: Path, durations: dict[str, float],
+              jobs: int, log: Any) -> None:
+    """Run the jobs that did not finish before (summary.json and a duration), `jobs` at
+    once; each finished one's duration is saved at once (durations.json)."""
+    todo = {}
+    for job in batch:
+        if (job.run.out_dir / "summary.json").is_file() and _key(job, out_dir) in durations:
+            print(f"{job.label}: done before", file=log, flush=True)
+        else:
+            todo[job.run.out_dir] = job
+
+    def done(run: BatchRun, outcome: Outcome) -> None:
+        job = todo[run.out_dir]
+        durations[_key(job, out_dir)] = outcome.seconds  # start-up included
+        write_atomic(out_dir / DURATIONS, json.dumps(durations, indent=1, sort_keys=True))
+        print(f"{job.label}: {job.measure} {_fmt(outcome.final_accuracy)} "
+              f"({outcome.seconds:.0f} s)", file=log, flush=True)
+
+    run_batch([job.run for job in todo.values()], jobs, done)
+
+
+def _key(job: SuiteJob, out_dir: Path) -> str:
+    return str(job.run.out_dir.relative_to(out_dir))
+
+
+def _fmt(accuracy: float | None) -> str:
+    return "-" if accuracy is None else f"{accuracy:.4f}"
 
 
 def load_durations(out_dir: Path) -> dict[str, float]:
     """Seconds each finished run took, by its directory under `out_dir`."""
     path = out_dir / DURATIONS
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _clear(run_dir: Path) -> None:
-    import shutil
-
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ class DataConfig(Strict):
     alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration")
     seq_len: int = Field(default=80, ge=8, le=512)
     train_fraction: float = Field(default=0.8, gt=0, lt=1)
+    # with eval.split validation: the last share of each client's train windows, held out
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     clients: ClientFilter = ClientFilter()
 
 
@@ -177,7 +179,10 @@ class WorkersConfig(Strict):
 
 class EvalConfig(Strict):
     every: int = Field(default=5, ge=1, description="evaluate every k rounds (and the last)")
-    max_samples: int = Field(default=2000, ge=1, description="test windows evaluated")
+    max_samples: int = Field(default=2000, ge=1, description="windows evaluated")
+    # test: the clients' test windows, devices train on all train windows; validation: the
+    # windows data.validation_fraction holds out of train (devices train on the rest)
+    split: Literal["test", "validation"] = "test"
 
 
 class OutputConfig(Strict):

@@ -161,12 +161,12 @@ async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool
         return Run(scenario, fleet, policy, info, state, pool, None, {}, Clock(),
                    start_writer(out_dir, scenario), observer, time.perf_counter())
     await pool.load(config, [c.train for c in data.clients])
-    limit, seed = scenario.eval.max_samples, scenario.seed
-    windows = pool.share_parts(eval_sample(data.clients, limit, seed), EVAL_PARTS)
+    limit, seed, split = scenario.eval.max_samples, scenario.seed, scenario.eval.split
+    windows = pool.share_parts(eval_sample(data.clients, limit, seed, split), EVAL_PARTS)
     by_class: dict[str, list[Any]] = {}
     for client, profile in zip(data.clients, fleet.profiles, strict=True):
         by_class.setdefault(profile.name, []).append(client)
-    class_windows = {name: pool.share_parts(eval_sample(clients, limit, seed), EVAL_PARTS)
+    class_windows = {name: pool.share_parts(eval_sample(clients, limit, seed, split), EVAL_PARTS)
                      for name, clients in sorted(by_class.items())}
     return Run(scenario, fleet, policy, info, state, pool, windows, class_windows, Clock(),
                start_writer(out_dir, scenario), observer, time.perf_counter())
@@ -180,20 +180,29 @@ def start_writer(out_dir: Path, scenario: Scenario) -> RunWriter:
 
 
 def load_data(scenario: Scenario, source: Path) -> FederatedData:
-    d = scenario.data
+    """The fleet's clients; with eval.split validation, each holds data.validation_fraction
+    of its train windows out as validation (with split test, none: all of them train)."""
+    d, validation = scenario.data, scenario.eval.split == "validation"
     try:
-        return build_federated(scenario.num_devices, scenario.seed, partition=d.partition,
+        data = build_federated(scenario.num_devices, scenario.seed, partition=d.partition,
                                alpha=d.alpha, seq_len=d.seq_len,
                                train_fraction=d.train_fraction,
                                min_train_samples=d.clients.min_train_samples,
-                               max_train_samples=d.clients.max_train_samples)
+                               max_train_samples=d.clients.max_train_samples,
+                               validation_fraction=d.validation_fraction if validation else 0.0)
     except NotEnoughClients as err:
         raise ConfigError(source, "fleet", f"one client per device: {err}") from None
+    if validation and not any(len(c.validation) for c in data.clients):
+        raise ConfigError(source, "data.validation_fraction", "too small: no client holds a "
+                          "validation window (each holds int(n * fraction) of n)")
+    return data
 
 
-def eval_sample(clients: Sequence[Any], max_samples: int, seed: int) -> np.ndarray:
-    """Up to `max_samples` test windows drawn evenly from the clients, fixed by the seed."""
-    windows = np.concatenate([c.test for c in clients])
+def eval_sample(clients: Sequence[Any], max_samples: int, seed: int,
+                split: str = "test") -> np.ndarray:
+    """Up to `max_samples` of the clients' `split` windows (test or validation) drawn
+    evenly, fixed by the seed."""
+    windows = np.concatenate([getattr(c, split) for c in clients])
     if len(windows) > max_samples:
         rng = np.random.default_rng(stream(seed, EVAL_STREAM))
         windows = windows[np.sort(rng.choice(len(windows), size=max_samples, replace=False))]

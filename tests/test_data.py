@@ -221,3 +221,28 @@ def test_errors() -> None:
         data.build_federated(2, 0, partition="bogus")
     with pytest.raises(ValueError, match="train_fraction"):
         data.build_federated(2, 0, train_fraction=1.0)
+
+
+@pytest.mark.parametrize("partition", data.PARTITIONS)
+def test_validation_is_held_out_of_train_only(partition: str) -> None:
+    plain = data.build_federated(12, 4, partition=partition)
+    held = data.build_federated(12, 4, partition=partition, validation_fraction=0.25)
+    assert all(len(c.validation) == 0 for c in plain.clients)
+    for a, b in zip(plain.clients, held.clients, strict=True):
+        n = len(a.train)
+        assert (b.client_id, b.play) == (a.client_id, a.play)
+        assert np.array_equal(b.test, a.test)  # the test windows are untouched
+        assert len(b.validation) == int(n * 0.25) > 0 and b.validation.shape[1] == 81
+        # the last share of the train windows, by position: right before the test windows
+        assert np.array_equal(b.train, a.train[:n - len(b.validation)])
+        assert np.array_equal(b.validation, a.train[n - len(b.validation):])
+
+
+def test_max_train_samples_caps_what_validation_leaves() -> None:
+    full = data.build_federated(6, 2, validation_fraction=0.2)
+    capped = data.build_federated(6, 2, validation_fraction=0.2, max_train_samples=5)
+    for a, b in zip(full.clients, capped.clients, strict=True):
+        assert np.array_equal(b.train, a.train[:5]) and np.array_equal(b.validation,
+                                                                       a.validation)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        data.build_federated(2, 0, validation_fraction=1.0)
