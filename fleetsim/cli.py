@@ -408,13 +408,19 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     from fleetsim.cost import group_param_counts
     from fleetsim.model import ZOO
-    from fleetsim.pretrain import is_cached
+    from fleetsim.pretrain import pretrain_record
 
-    table = Table("name", "blocks", "width", "heads", "parameters", "cached")
+    table = Table("name", "blocks", "width", "heads", "parameters", "pretrained at step",
+                  "sonnets loss / acc", "plays loss / acc",
+                  caption="pretrained on the Sonnets; held-out sonnets and the reserved "
+                          "plays (device-like text) scored; - : not pretrained yet")
     for name, entry in ZOO.items():
         cfg = entry.config
         params = sum(group_param_counts(cfg).values())
+        record = pretrain_record(name)
+        scored = [f"{record[k]['loss']:.3f} / {record[k]['accuracy']:.3f}" if record else "-"
+                  for k in ("validation", "reserved_plays")]
         table.add_row(name, str(cfg.n_layer), str(cfg.n_embd), str(cfg.n_head), f"{params:,}",
-                      "yes" if is_cached(name) else "no")
+                      str(record["best_step"]) if record else "-", *scored)
     Console(width=int(os.environ.get("COLUMNS", 100))).print(table)
     return 0

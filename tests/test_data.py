@@ -114,7 +114,7 @@ def test_cache_built_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert (tmp_path / "env-root" / "shakespeare").is_dir()
     assert not list((tmp_path / "env-root" / "shakespeare").glob("*.tmp"))
     assert data.corpus_roles(tmp_path / "arg-root") == roles and len(calls) == 2
-    assert data.server_corpus(tmp_path / "arg-root").dtype == np.uint8
+    assert all(part.dtype == np.uint8 for part in data.server_corpus(tmp_path / "arg-root"))
 
 
 def test_download_failure_is_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,9 +165,14 @@ def test_server_plays_stay_off_clients(roles: dict[str, dict[str, str]]) -> None
     assert len(data.SERVER_PLAYS) == 6
     assert not set(roles) & set(data.SERVER_PLAYS + data.POEMS)
     client_text = "\n".join(t for play in roles.values() for t in play.values())
-    server = data.decode(data.server_corpus())
-    assert "To be, or not to be" in server and "To be, or not to be" not in client_text
-    assert "Shall I compare thee to a summer's day?" in server
+    train, validation = (data.decode(part) for part in data.server_corpus())
+    reserved = data.decode(data.reserved_plays())
+    assert "Shall I compare thee to a summer's day?" in train + validation
+    assert "To be, or not to be" in reserved and "To be, or not to be" not in client_text
+    assert "To be, or not to be" not in train + validation  # pretraining: the Sonnets
+    assert "Lucrece" not in train + validation
+    assert "eyes" in train and "eyes" in validation  # split by position, both parts real
+    assert validation not in train and 0.08 < len(validation) / len(train + validation) < 0.12
 
 
 def test_natural_clients_are_roles(roles: dict[str, dict[str, str]]) -> None:

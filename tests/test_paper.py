@@ -57,10 +57,17 @@ def test_committed_suite_covers_the_papers_comparisons(tmp_path: Path) -> None:
     claims = {c.claim for e in suite.experiments for c in e.claims}
     assert claims == set(RULES)
     partitions = {r.scenario.data.partition for r in runs}
-    assert partitions == {"natural", "dirichlet"}
+    assert partitions == {"natural", "iid", "dirichlet"}
     assert len({r.out_dir for r in runs}) == len(runs)
-    caff = [r for r in runs if r.policy == "caff" and r.experiment.name == "memory_squeeze"]
-    assert all(r.scenario.policy.params == {"models": ["gpt-2x64"]} for r in caff)
+    # SLT's own setting: from scratch, the residual sliced, 100 devices, 10 a round, 50 rounds
+    slt = [r.scenario for r in runs if r.policy == "slt"]
+    assert slt and all(s.model.init == "scratch" and s.model.slice_residual for s in slt)
+    assert all(sum(f.count for f in s.fleet) == 100 and s.selection.devices_per_round == 10
+               and s.rounds >= 50 for s in slt)
+    # every policy of every experiment, and its upper bound, has a tuning grid
+    for exp in suite.experiments:
+        grids = {**suite.tuning.grids, **exp.tuning.grids}
+        assert set(exp.policies) | {"upper_bound"} <= set(grids), exp.name
 
 
 def test_small_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
