@@ -14,7 +14,9 @@ import yaml
 from fleetsim.errors import ConfigError
 from fleetsim.metrics import read_jsonl
 from fleetsim.paper import load_suite, planned_runs, run_suite, tuning_plan
+from fleetsim.scenario import load_scenario
 from fleetsim.tuning import choose, load_tuning
+from tests.conftest import SMOKE
 
 SUITE = """
 seeds: [0, 1]
@@ -64,7 +66,7 @@ def test_tuned_on_the_first_seed_frozen_for_all(tmp_path: Path) -> None:
         assert lora["policy"]["params"] == {"rank": choice["lora"]["policy.params.rank"]}
         assert fedavg["eval"]["split"] == "test" and fedavg["seed"] == seed
         assert scenario_of(out / "tiny" / "head_only" / f"seed{seed}")["training"]["lr"] \
-            == 0.002  # the scenario's own
+            == load_scenario(SMOKE).training.lr  # not tuned: the scenario's own
     # a killed suite: one trial and one test run lost their summaries
     trial, test = out / "tiny" / "tuning" / "fedavg" / "grid01", out / "tiny" / "lora" / "seed1"
     before = {d: accuracies(d) for d in (trial, test)}
