@@ -74,47 +74,85 @@ def predict_peak_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) 
 
 @lru_cache(maxsize=4096)
 def _peak_bytes(key: tuple[int, ...], plan: TrainingPlan, seq_len: int) -> int:
-    """The model behind `predict_peak_bytes`:
-
-    resident weights + optimizer slots of the trainable parameters, plus the largest of
-      - a no_grad block's transient (frozen prefix): x, LN out, q, k, v and the
-        contiguous copies of q and k, two attention-score tensors;
-      - the activations saved for backward by every block from the first one that needs
-        gradients (and its t x t causal mask), and by the head, plus the loss's backward
-        at the head (two V-wide);
-      - the same, one step later: the head's activations freed, the last block's FFN
-        backward holding its input gradient and the head's and fc_out's weight gradients.
-    """
+    """The model behind `predict_peak_bytes`: resident weights + optimizer slots of the
+    trainable parameters + the largest activation moment (`_frozen_moments`,
+    `_backward_moments`) + a few small tensors. Every width is the sub-model's: a
+    block's residual width, heads and units, the head's input width."""
     config = _config_from_key(key)
     cfg = sub_config(config, plan.slices)
-    d, vocab, t = cfg.n_embd, cfg.vocab_size, seq_len
-    per_token = plan.batch_size * t * FLOAT_BYTES  # bytes of one float per token
     counts = group_param_counts(config, plan)
     groups = [g for g in layer_groups(cfg.n_layer) if g in {*plan.train, *plan.frozen}]
     weights = FLOAT_BYTES * (sum(counts[g] for g in groups) + counts["lora"])
     trainable = FLOAT_BYTES * _trainable_params(counts, plan)
     first = first_grad_group(plan, groups)
-    grad_blocks = [_block(g) for g in groups[first:] if g.startswith("block.")]
-    head_saved = 2 * d + vocab + 4
-    blocks_saved = sum(_block_saved(cfg, b, plan, f"block.{b}" in plan.train, t)
-                       for b in grad_blocks)
-    saved = (blocks_saved + head_saved + 2) * per_token  # + the token ids
-    saved += len(grad_blocks) * t * t  # each block's causal mask (bool), kept for backward
-    saved += 8 * t if "embed" in groups[first:] else 0  # the position ids (int64)
-    candidates = [saved + 2 * vocab * per_token]
-    for b in (_block(g) for g in groups[:first] if g.startswith("block.")):
-        heads = cfg.block_heads[b]
-        candidates.append((2 * d + 5 * heads * cfg.head_size + 2 * heads * t) * per_token
-                          + 2 * t * t)  # the mask being built: ones, then its triangle
-    if grad_blocks:
-        last = grad_blocks[-1]
-        units = cfg.block_units[last]
-        weight_grads = FLOAT_BYTES * counts["head"] if "head" in plan.train else 0
-        if f"block.{last}" in plan.train:
-            weight_grads += FLOAT_BYTES * (units * d + d)  # fc_out weight and bias
-        candidates.append(saved + (d + units - head_saved) * per_token + weight_grads)
+    frozen = [_block(g) for g in groups[:first] if g.startswith("block.")]
+    moments = _frozen_moments(cfg, frozen, plan.batch_size, seq_len)
+    moments += _backward_moments(cfg, plan, counts, groups[first:], seq_len)
     small = 8 * plan.batch_size + 64  # the batch's row indices (int64) and a few scalars
-    return int(weights + plan.optimizer.state_slots * trainable + max(candidates) + small)
+    return int(weights + plan.optimizer.state_slots * trainable + max(moments) + small)
+
+
+def _frozen_moments(cfg: TinyGPTConfig, blocks: list[int], batch: int, t: int) -> list[int]:
+    """Per no_grad block of the frozen prefix, its largest transient: in attention its
+    input, LN out, q, k, v, the contiguous q and k and two score tensors (and the mask
+    being built); in the FFN its input, the mid-block stream, LN out, the FFN's input
+    and output. A block narrower than its input also holds its cut copy."""
+    per_token = batch * t * FLOAT_BYTES
+    moments = [0]
+    for b in blocks:
+        d, heads, ffn = cfg.block_residual[b], cfg.block_heads[b], cfg.block_units[b]
+        wide = cfg.block_residual[max(b - 1, 0)]
+        cut = wide if wide > d else 0
+        moments.append((cut + 2 * d + 5 * heads * cfg.head_size + 2 * heads * t)
+                       * per_token + 2 * t * t)  # the mask being built: ones, triangle
+        moments.append((wide + 2 * d + 2 * ffn) * per_token)
+    return moments
+
+
+def _backward_moments(cfg: TinyGPTConfig, plan: TrainingPlan, counts: dict[str, int],
+                      grad_groups: list[str], t: int) -> list[int]:
+    """The moments of a step in grad mode, holding what the blocks in grad mode (with
+    their t x t causal masks) and the head saved for backward and not yet freed:
+      - the loss's backward at the head (two V-wide), everything saved;
+      - per block, from the last: its FFN backward (the head's and the later blocks'
+        activations freed), holding its output's and its FFN output's gradients and
+        the weight gradients so far (the head's, the later blocks', its fc_out's);
+      - then its softmax backward (its FFN side freed too), holding the gradients of
+        the probabilities, the scores, v and (unless nothing before needs it) the
+        residual stream, and its o_proj, LN2 and FFN weight gradients."""
+    per_token = plan.batch_size * t * FLOAT_BYTES  # bytes of one float per token
+    blocks = [_block(g) for g in grad_groups if g.startswith("block.")]
+    saved_by = [_block_saved(cfg, b, plan, f"block.{b}" in plan.train, t) for b in blocks]
+    head_saved = 2 * cfg.head_width + cfg.vocab_size + 4
+    base = 2 * per_token + (8 * t if "embed" in grad_groups else 0)  # token, position ids
+    saved = base + (sum(saved_by) + head_saved) * per_token + len(blocks) * t * t  # + masks
+    moments = [saved + 2 * cfg.vocab_size * per_token]  # the loss's backward
+    grads = FLOAT_BYTES * counts["head"] if "head" in plan.train else 0
+    for i in range(len(blocks) - 1, -1, -1):
+        b, trained = blocks[i], f"block.{blocks[i]}" in plan.train
+        d, ffn = cfg.block_residual[b], cfg.block_units[b]
+        inner, scores = cfg.block_heads[b] * cfg.head_size, cfg.block_heads[b] * t
+        held = base + sum(saved_by[:i + 1]) * per_token + (i + 1) * t * t
+        fc_out = FLOAT_BYTES * (ffn * d + d) if trained else 0
+        moments.append(held + (d + ffn) * per_token + grads + fc_out)
+        later = FLOAT_BYTES * (inner * d + 2 * d * ffn + ffn + 4 * d) if trained else 0
+        stream = d if i > 0 or "embed" in grad_groups else 0  # the residual's gradient
+        attention = 2 * scores + inner + stream - _ffn_side(cfg, b, plan, trained)
+        moments.append(held + attention * per_token + grads + later)
+        grads += FLOAT_BYTES * counts[f"block.{b}"] if trained else 0
+    return moments
+
+
+def _ffn_side(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bool) -> int:
+    """Floats per token of a block's saved activations freed before its softmax
+    backward: LN2's input and statistics, the FFN's, o_proj's inputs and the copy of v."""
+    d, ffn = cfg.block_residual[block], cfg.block_units[block]
+    inner = cfg.block_heads[block] * cfg.head_size
+    targets = set(plan.lora.targets) if plan.lora else set()
+    floats = d + 2 + ffn + inner
+    floats += d if trained or "fc_in" in targets else 0
+    floats += ffn if trained or "fc_out" in targets else 0
+    return floats + (inner if trained or "o_proj" in targets else 0)
 
 
 def _block(group: str) -> int:
@@ -127,7 +165,7 @@ def _block_saved(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bo
     inputs (+ statistics), the contiguous q, k, v, the attention probabilities and the
     FFN pre-activation. A linear layer's input only when its weight trains (or carries
     an adapter, which also saves its rank-wide output)."""
-    d, heads, ffn = cfg.n_embd, cfg.block_heads[block], cfg.block_units[block]
+    d, heads, ffn = cfg.block_residual[block], cfg.block_heads[block], cfg.block_units[block]
     inner = heads * cfg.head_size
     targets = set(plan.lora.targets) if plan.lora else set()
     needs_input = {name: trained or name in targets
@@ -206,10 +244,11 @@ def _step_flops(key: tuple[int, ...], plan: TrainingPlan, seq_len: int) -> float
 
 def parse_plan(spec: str, config: TinyGPTConfig, batch_size: int,
                optimizer: OptimizerSpec = OptimizerSpec(), local_steps: int = 1,
-               lr: float = 0.0) -> TrainingPlan:
+               lr: float = 0.0, slice_residual: bool = False) -> TrainingPlan:
     """A plan from a short spec: `full`, `last:N` (the last N blocks and the head),
     `head`, `lora:R` (rank R on q and v, head trained), `width:S` (every block at width S,
-    its first heads and units, trained end to end). Raises ValueError for anything else."""
+    its first heads and units, and with `slice_residual` its first residual channels,
+    trained end to end). Raises ValueError for anything else."""
     groups = tuple(layer_groups(config.n_layer))
     kind, _, arg = spec.partition(":")
 
@@ -227,7 +266,8 @@ def parse_plan(spec: str, config: TinyGPTConfig, batch_size: int,
     if kind == "lora" and arg.isdigit() and int(arg) > 0:
         return plan(groups[-1:], groups[:-1], lora=LoraSpec(rank=int(arg)))
     if kind == "width" and _is_fraction(arg):
-        return plan(groups, (), slices=uniform(config, first_slice(config, float(arg))))
+        part = first_slice(config, float(arg), slice_residual)
+        return plan(groups, (), slices=uniform(config, part))
     raise ValueError(f"bad plan {spec!r}: use full, head, last:N (0..{config.n_layer}), "
                      "lora:R or width:S (0 < S <= 1)")
 

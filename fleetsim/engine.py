@@ -43,6 +43,7 @@ from fleetsim.session import (
     stream,
     training_defaults,
 )
+from fleetsim.submodel import residual_problem
 from fleetsim.types import (
     DeviceRecord,
     LoraSpec,
@@ -242,7 +243,7 @@ def _slice_problem(plan: TrainingPlan, config: Any) -> str:
         for ids, total in ((part.heads, config.n_head), (part.units, config.ffn_size)):
             if not ids or list(ids) != sorted(set(ids)) or ids[0] < 0 or ids[-1] >= total:
                 return f"slices {group} with bad indices (sorted, distinct, < {total})"
-    return ""
+    return residual_problem(plan.slices, config)
 
 
 def _adapter_problem(plan: TrainingPlan, adapters: LoraSpec | None) -> str:
@@ -256,15 +257,16 @@ def _adapter_problem(plan: TrainingPlan, adapters: LoraSpec | None) -> str:
 
 def describe_plan(plan: Any) -> str:
     """A short, stable text for a plan: trained and frozen groups, adapters, and the
-    heads/units each sliced block keeps."""
+    heads/units (and residual channels, when sliced) each sliced block keeps."""
     if plan is None:
         return "-"
     text = f"train={','.join(plan.train)};frozen={','.join(plan.frozen)}"
     if plan.lora is not None:
         text += f";lora={plan.lora.rank}:{','.join(plan.lora.targets)}"
     if plan.slices:
-        text += ";slices=" + ",".join(f"{g}:{len(p.heads)}h{len(p.units)}u"
-                                      for g, p in plan.slices)
+        text += ";slices=" + ",".join(
+            f"{g}:{len(p.heads)}h{len(p.units)}u" + (f"{len(p.residual)}r" if p.residual else "")
+            for g, p in plan.slices)
     return text
 
 

@@ -3,7 +3,8 @@
 A `TinyGPTConfig` plus a `PreTrainedModel`, so `save_pretrained`/`from_pretrained` and
 `peft` work. Blocks are pre-LayerNorm; attention keeps separate q/k/v/o projections and
 the FFN two linears, so heads and hidden units can be sliced by sub-model policies (a
-sub-model's config says how many heads and units each block keeps).
+sub-model's config says how many heads and units each block keeps, and how wide each
+block's residual is: the embeddings take the first block's width, the head the last's).
 The output head is untied from the embeddings (CAFF trains the head without them).
 
 Layer groups, in forward order: "embed" (token + position embeddings), "block.0" ..
@@ -37,12 +38,13 @@ class TinyGPTConfig(PretrainedConfig):
         vocab_size: int = VOCAB_SIZE,
         max_seq_len: int = 128,  # longest input the position table covers
         n_layer: int = 4,
-        n_embd: int = 128,  # residual width (never sliced)
+        n_embd: int = 128,  # residual width of the whole model
         n_head: int = 4,
         head_size: int | None = None,  # default n_embd // n_head; fixed when heads are sliced
         ffn_size: int | None = None,  # FFN hidden units, default 4 * n_embd
         block_heads: list[int] | None = None,  # per block, for sub-models (default n_head)
         block_units: list[int] | None = None,  # per block, for sub-models (default ffn_size)
+        block_residual: list[int] | None = None,  # per block, for sub-models (default n_embd)
         **kwargs: Any,
     ) -> None:
         if head_size is None and n_embd % n_head:
@@ -53,6 +55,9 @@ class TinyGPTConfig(PretrainedConfig):
         self.ffn_size = ffn_size or 4 * n_embd
         self.block_heads = block_heads or [self.n_head] * n_layer
         self.block_units = block_units or [self.ffn_size] * n_layer
+        self.block_residual = block_residual or [n_embd] * n_layer
+        if self.block_residual != sorted(self.block_residual, reverse=True):
+            raise ValueError(f"residual widths {self.block_residual} widen: they can only narrow")
         super().__init__(**kwargs)
 
     @property
@@ -60,19 +65,32 @@ class TinyGPTConfig(PretrainedConfig):
         """Width of q, k and v: heads x head size."""
         return self.n_head * self.head_size
 
+    @property
+    def embed_width(self) -> int:
+        """Width of the token and position embeddings: the first block's residual."""
+        return int(self.block_residual[0])
+
+    @property
+    def head_width(self) -> int:
+        """Input width of the final LayerNorm and the output layer: the last block's."""
+        return int(self.block_residual[-1])
+
 
 def sub_config(config: TinyGPTConfig, slices: Slices) -> TinyGPTConfig:
     """The config of the sub-model that keeps `slices` of the named blocks."""
     if not slices:
         return config
     heads, units = list(config.block_heads), list(config.block_units)
+    residual = list(config.block_residual)
     for group, part in slices:
         block = int(group.split(".")[1])
         heads[block], units[block] = len(part.heads), len(part.units)
+        residual[block] = len(part.residual) or residual[block]
     return TinyGPTConfig(
         vocab_size=config.vocab_size, max_seq_len=config.max_seq_len, n_layer=config.n_layer,
         n_embd=config.n_embd, n_head=config.n_head, head_size=config.head_size,
-        ffn_size=config.ffn_size, block_heads=heads, block_units=units)
+        ffn_size=config.ffn_size, block_heads=heads, block_units=units,
+        block_residual=residual)
 
 
 class Attention(nn.Module):
@@ -81,13 +99,13 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: TinyGPTConfig, block: int) -> None:
         super().__init__()
-        d, inner = cfg.n_embd, cfg.block_heads[block] * cfg.head_size
+        d, inner = cfg.block_residual[block], cfg.block_heads[block] * cfg.head_size
         self.head_size = cfg.head_size
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, inner) for _ in range(3))
         self.o_proj = nn.Linear(inner, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape  # (batch, time, n_embd)
+        b, t, _ = x.shape  # (batch, time, residual width)
 
         def heads(proj: nn.Module) -> torch.Tensor:  # (b, heads, t, head_dim)
             return proj(x).view(b, t, -1, self.head_size).transpose(1, 2)
@@ -103,9 +121,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: TinyGPTConfig, block: int) -> None:
         super().__init__()
-        units = cfg.block_units[block]
-        self.fc_in = nn.Linear(cfg.n_embd, units)
-        self.fc_out = nn.Linear(units, cfg.n_embd)
+        d, units = cfg.block_residual[block], cfg.block_units[block]
+        self.fc_in = nn.Linear(d, units)
+        self.fc_out = nn.Linear(units, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_out(F.gelu(self.fc_in(x)))
@@ -114,10 +132,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: TinyGPTConfig, block: int) -> None:
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
+        self.width = cfg.block_residual[block]
+        self.ln1, self.ln2 = nn.LayerNorm(self.width), nn.LayerNorm(self.width)
         self.attn, self.mlp = Attention(cfg, block), MLP(cfg, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > self.width:  # a wider stream meets this narrow block: keep its
+            x = x[..., :self.width].contiguous()  # first channels (a copy: the wide one goes)
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
@@ -129,11 +150,11 @@ class TinyGPT(PreTrainedModel):
 
     def __init__(self, config: TinyGPTConfig) -> None:
         super().__init__(config)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.max_seq_len, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.embed_width)
+        self.wpe = nn.Embedding(config.max_seq_len, config.embed_width)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.ln_f = nn.LayerNorm(config.head_width)
+        self.lm_head = nn.Linear(config.head_width, config.vocab_size, bias=False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -196,5 +217,12 @@ ZOO: dict[str, ZooEntry] = {
         _entry(4, 128, 4),
         _entry(6, 192, 6),
         _entry(8, 256, 8),
+        # many thin blocks (heads of 8): SLT's own setting, trained from scratch, has
+        # a step per block to walk through
+        _entry(8, 64, 8),
     )
 }
+
+# The architectures the architecture-choosing policies (CAFF, small_model) pick from by
+# default: the pretrained family, without gpt-8x64, which is there for SLT's setting.
+ARCHITECTURES: tuple[str, ...] = ("gpt-2x64", "gpt-4x128", "gpt-6x192", "gpt-8x256")

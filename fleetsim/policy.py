@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from fleetsim.clock import ClockJob
 from fleetsim.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
 from fleetsim.model import layer_groups
-from fleetsim.submodel import first_slice, uniform
+from fleetsim.submodel import first_ids, first_slice, residual_part, uniform, with_residual
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -131,28 +131,40 @@ def width_levels(policy: str, widths: Sequence[float]) -> tuple[float, ...]:
 def largest_width(config: Any, device: DeviceState, training: TrainingDefaults,
                   widths: Sequence[float]) -> float | None:
     """The largest of `widths` at which the device's memory holds training the whole
-    model (which heads and units does not change the cost); None if none does."""
+    model, its residual sliced too with `training.slice_residual` (which heads, units
+    and channels does not change the cost); None if none does."""
     groups = tuple(layer_groups(config.n_layer))
     for width in sorted(widths, reverse=True):
-        plan = make_plan(device, training, groups, slices=uniform(config, first_slice(config,
-                                                                                      width)))
+        part = first_slice(config, width, training.slice_residual)
+        plan = make_plan(device, training, groups, slices=uniform(config, part))
         if predict_peak_bytes(config, plan, training.seq_len) <= device.memory_bytes:
             return width
     return None
 
 
+Channels = Callable[[DeviceState, float], tuple[int, ...]]
+
+
 def width_plans(ctx: RoundContext, widths: Sequence[float],
-                choose: Callable[[DeviceState, int, float], Slice]) -> dict[DeviceId, TrainingPlan]:
+                choose: Callable[[DeviceState, int, float], Slice],
+                channels: Channels | None = None) -> dict[DeviceId, TrainingPlan]:
     """Every selected device trains the whole model at the largest of `widths` its memory
     holds, keeping in block b the heads and units `choose(device, b, width)` picks (in
-    device order, so a seeded choice is reproducible); a device holding none sits out."""
+    device order, so a seeded choice is reproducible); a device holding none sits out.
+    With `ctx.training.slice_residual`, every block also keeps the residual channels
+    `channels(device, width)` picks (default: the first), asked once per device before
+    its blocks."""
     config, plans = ctx.model.config, {}
+    pick = channels or (lambda device, width: first_ids(width, config.n_embd))
     for device in ctx.devices:
         width = largest_width(config, device, ctx.training, widths)
         if width is None:
             continue
+        kept = pick(device, width) if ctx.training.slice_residual and width < 1 else ()
         slices = tuple((f"block.{b}", choose(device, b, width))
                        for b in range(config.n_layer)) if width < 1 else ()
+        if kept:
+            slices = with_residual(slices, residual_part(kept, config.n_embd))
         plans[device.device_id] = make_plan(device, ctx.training, ctx.model.groups,
                                             slices=slices)
     return plans

@@ -50,6 +50,12 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     name: str = "gpt-4x128"
+    # pretrained: the zoo model's pretrained weights; scratch: TinyGPT's random
+    # initialisation, seeded from the scenario seed (no pretraining)
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    # width-reduced sub-models (SLT, HeteroFL, FedRolex, Federated Dropout, memory_of
+    # "width:S") narrow the residual width too, as the SLT reference code does
+    slice_residual: bool = False
 
 
 class AvailabilityConfig(Strict):
@@ -295,7 +301,8 @@ def _memory_of(scenario: Scenario, entry: FleetEntry, path: Path, index: int) ->
     config, t = ZOO[scenario.model.name].config, scenario.training
     optimizer = OptimizerSpec(t.optimizer.name, t.optimizer.momentum, t.optimizer.weight_decay)
     try:
-        plan = parse_plan(entry.memory_of, config, t.batch_size, optimizer)
+        plan = parse_plan(entry.memory_of, config, t.batch_size, optimizer,
+                          slice_residual=scenario.model.slice_residual)
     except ValueError as err:
         raise ConfigError(path, key, str(err)) from None
     peak = predict_peak_bytes(config, plan, scenario.data.seq_len)

@@ -25,6 +25,7 @@ from fleetsim.model import ZOO, layer_groups
 from fleetsim.policy import Policy
 from fleetsim.pretrain import load_pretrained
 from fleetsim.scenario import Scenario, device_profiles, scenario_to_yaml
+from fleetsim.training import scratch_state
 from fleetsim.types import (
     DeviceState,
     ModelInfo,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # Every random stream of a run has its own domain, so no two can coincide.
 ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
 FAULT_STREAM = 6  # (5 is the fleet's: fleetsim.fleet.FLEET_STREAM)
+SCRATCH_STREAM = 7  # a from-scratch model's initial weights
 EVAL_PARTS = 8  # evaluation windows are cut into this many parts, spread over the hosts
 DRY_RUN_EXAMPLES = 64  # training windows per device in a dry run (no data is loaded)
 
@@ -108,7 +110,7 @@ def training_defaults(scenario: Scenario, r: int) -> TrainingDefaults:
     lr = round_lr(t.lr, t.schedule, t.lr_min_ratio, r, scenario.rounds)
     optimizer = OptimizerSpec(t.optimizer.name, t.optimizer.momentum, t.optimizer.weight_decay)
     return TrainingDefaults(t.local_steps, t.local_epochs, t.batch_size, lr, optimizer,
-                            scenario.data.seq_len)
+                            scenario.data.seq_len, scenario.model.slice_residual)
 
 
 def round_lr(lr: float, schedule: str, min_ratio: float, r: int, rounds: int) -> float:
@@ -149,7 +151,7 @@ async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool
         raise ConfigError(setup.source, "model.name", f"unknown zoo model {choice.model_name!r};"
                           f" known: {', '.join(ZOO)}")
     config = ZOO[choice.model_name].config
-    state = {} if data is None else load_pretrained(choice.model_name, observer.on_pretrain)
+    state = {} if data is None else initial_weights(scenario, choice.model_name, observer)
     if choice.adapters is not None and data is not None:
         adapters = init_adapters(config, choice.adapters, seed_of(scenario.seed, ADAPTER_STREAM))
         state = {**state, **adapters}
@@ -170,6 +172,14 @@ async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool
                      for name, clients in sorted(by_class.items())}
     return Run(scenario, fleet, policy, info, state, pool, windows, class_windows, Clock(),
                start_writer(out_dir, scenario), observer, time.perf_counter())
+
+
+def initial_weights(scenario: Scenario, model_name: str, observer: Any) -> ModelState:
+    """The global model's starting weights: pretrained (pretraining first if not cached),
+    or with model.init scratch a random initialisation from the scenario seed."""
+    if scenario.model.init == "scratch":
+        return scratch_state(ZOO[model_name].config, seed_of(scenario.seed, SCRATCH_STREAM))
+    return load_pretrained(model_name, observer.on_pretrain)
 
 
 def start_writer(out_dir: Path, scenario: Scenario) -> RunWriter:

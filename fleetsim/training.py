@@ -131,21 +131,20 @@ def train_local(model: TinyGPT, plan: TrainingPlan, windows: np.ndarray, seed: i
     return total / plan.local_steps, float(step_flops * plan.local_steps)
 
 
-def tensor_index(name: str, plan: TrainingPlan, head_size: int) -> Index | None:
+def tensor_index(name: str, plan: TrainingPlan, config: TinyGPTConfig) -> Index | None:
     """Where the plan's model holds a part of global tensor `name` (None: the whole)."""
     if plan.lora is not None and "lora_" in name:
         return adapter_index(name, plan.lora.rank)
-    return slice_index(name, plan.slices, head_size)
+    return slice_index(name, plan.slices, config)
 
 
 def load_state(model: TinyGPT, state: ModelState, plan: TrainingPlan) -> None:
     """Copy a global state into the plan's model in place: sliced to its sub-model and
     its adapter rank."""
-    head_size = model.config.head_size
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
             name = global_key(key)
-            where = tensor_index(name, plan, head_size)
+            where = tensor_index(name, plan, model.config)
             source = np.asarray(state[name]) if where is None else state[name][where]
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(source)).to(tensor.device))
 
@@ -160,7 +159,7 @@ def export_update(model: TinyGPT, plan: TrainingPlan
         name = global_key(key)
         if group_of(name) in wanted or "lora_" in name:
             tensors[name] = tensor.detach().cpu().numpy().copy()
-            where = tensor_index(name, plan, model.config.head_size)
+            where = tensor_index(name, plan, model.config)
             if where is not None:
                 index[name] = where
     return tensors, index
@@ -168,6 +167,14 @@ def export_update(model: TinyGPT, plan: TrainingPlan
 
 def model_state(model: TinyGPT) -> dict[str, np.ndarray]:
     return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+
+
+def scratch_state(config: TinyGPTConfig, seed: int) -> dict[str, np.ndarray]:
+    """A randomly initialised model's weights (TinyGPT's own initialisation), the same
+    for the same seed; torch's global generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_state(TinyGPT(config))
 
 
 @torch.no_grad()

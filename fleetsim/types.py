@@ -62,11 +62,18 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class Slice:
-    """The part of one block a sub-model keeps: attention heads and FFN hidden units, by
-    their (sorted) index in the global block. The residual width is never sliced."""
+    """The part of one block a sub-model keeps: attention heads, FFN hidden units and
+    residual channels, by their (sorted) index in the global block. `residual` empty
+    means the whole residual width (the default: only heads and units are sliced).
+
+    A narrow residual narrows the block's LayerNorms, its projections' residual side
+    and, for the first block, the embeddings, for the last block, the head. Blocks can
+    only narrow the residual stream: each block's channels are the first ones of the
+    previous block's (a full-width stream is cut there, SLT's slicing shortcut)."""
 
     heads: tuple[int, ...]
     units: tuple[int, ...]
+    residual: tuple[int, ...] = ()
 
 
 # Sliced blocks of a plan, by group name ("block.i"); blocks not named keep full width.
@@ -100,7 +107,8 @@ class Update:
 
     `index[name]`, when present, locates `tensors[name]` inside the global tensor: one
     entry per dimension, an integer array or a whole-axis slice (numpy indexing, as in
-    `global[index] = tensor`); absent means the whole.
+    `global[index] = tensor`; two arrays index the outer product, as `np.ix_` makes
+    them); absent means the whole.
     """
 
     device_id: DeviceId
@@ -132,6 +140,9 @@ class TrainingDefaults:
     lr: float
     optimizer: OptimizerSpec
     seq_len: int
+    # The scenario's model.slice_residual: width-reduced sub-models narrow the residual
+    # width too (Slice.residual). Here because every policy already receives it.
+    slice_residual: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ averages each layer over the devices that trained it, weighted by their examples
 
 Budgets per round: memory is the device's budget; upload is uplink x `budget_s` and
 compute is FLOP rate x `budget_s`, where `budget_s` defaults to the round deadline.
+The candidates are `models`, by default the zoo's pretrained family
+(fleetsim.model.ARCHITECTURES).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from fleetsim.aggregate import masked_mean
-from fleetsim.model import ZOO, layer_groups
+from fleetsim.model import ARCHITECTURES, ZOO, layer_groups
 from fleetsim.policy import last_blocks_plan, most_blocks
 from fleetsim.types import (
     DeviceId,
@@ -48,7 +50,7 @@ class Caff:
         if unknown:
             raise ValueError(f"caff: unknown zoo models {sorted(unknown)}")
         self.objective, self.budget_s = objective, budget_s
-        self.models = tuple(models or ZOO)
+        self.models = tuple(models or ARCHITECTURES)
         self.scores: dict[str, float] = {}  # mean objective per candidate, for the record
 
     def setup(self, ctx: SetupContext) -> ModelChoice:

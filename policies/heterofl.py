@@ -1,7 +1,8 @@
 """HeteroFL (Diao et al., 2021): each device trains the sub-model of the first
-floor(s * C) heads and FFN units of every block, s the largest of the width levels its
-memory holds; the server averages each element over the devices that hold it and
-evaluates the largest width present in the fleet."""
+floor(s * C) heads and FFN units of every block (and, with the scenario's
+model.slice_residual, the first floor(s * d) residual channels), s the largest of the
+width levels its memory holds; the server averages each element over the devices that
+hold it and evaluates the largest width present in the fleet."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class HeteroFL:
         config = ZOO[ctx.model_name].config
         present = [largest_width(config, d, ctx.training, self.widths) for d in ctx.devices]
         widest = max((w for w in present if w is not None), default=1.0)
-        self.evaluated = uniform(config, first_slice(config, widest))
+        self.evaluated = uniform(config, first_slice(config, widest,
+                                                     ctx.training.slice_residual))
         return ModelChoice(ctx.model_name)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:

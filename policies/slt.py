@@ -12,6 +12,10 @@ blocks (a larger d). The server evaluates the current configuration.
 
 The width s is a fraction of each block's heads and FFN units: a zoo model has few
 heads (4 in gpt-4x128), so several s keep the same heads and differ in units only.
+With the scenario's model.slice_residual (TrainingDefaults.slice_residual), the narrow
+blocks and the head also keep the first floor(s * d) residual channels, as the
+reference code narrows every channel: the full-width stream is cut where it meets the
+first narrow block, and the embeddings are narrow in stage 0 only.
 """
 
 from __future__ import annotations
@@ -59,14 +63,17 @@ def stage_plan(config: TinyGPTConfig, device: DeviceState, training: TrainingDef
     frozen_blocks = full - min(depth, full)
     frozen = ("embed", *(f"block.{b}" for b in range(frozen_blocks))) if frozen_blocks else ()
     train = tuple(g for g in layer_groups(config.n_layer) if g not in frozen)
-    return make_plan(device, training, train, frozen, slices=head_slices(config, width, full))
+    slices = head_slices(config, width, full, training.slice_residual)
+    return make_plan(device, training, train, frozen, slices=slices)
 
 
-def head_slices(config: TinyGPTConfig, width: float, full: int) -> Slices:
-    """Blocks full..N-1 at `width` (first heads and units); nothing at width 1."""
+def head_slices(config: TinyGPTConfig, width: float, full: int, residual: bool = False
+                ) -> Slices:
+    """Blocks full..N-1 at `width` (first heads and units, and with `residual` first
+    residual channels); nothing at width 1."""
     if width >= 1:
         return ()
-    part = first_slice(config, width)
+    part = first_slice(config, width, residual)
     return tuple((f"block.{b}", part) for b in range(full, config.n_layer))
 
 
@@ -134,9 +141,11 @@ class SLT:
     def __init__(self) -> None:
         self.stages: list[Stage] = []
         self.config: TinyGPTConfig | None = None
+        self.slice_residual = False
 
     def setup(self, ctx: SetupContext) -> ModelChoice:
         self.config = config = ZOO[ctx.model_name].config
+        self.slice_residual = ctx.training.slice_residual
         # the weakest device that can take part at all fixes the configurations; one
         # that cannot train even the narrowest whole network sits out every round
         able = [d for d in ctx.devices if widest_fit(config, d, ctx.training, 0, 1)]
@@ -179,5 +188,5 @@ class SLT:
         stage = self.stage(r)
         if stage is None or self.config is None:
             return ()
-        return head_slices(self.config, stage.width, stage.full)
+        return head_slices(self.config, stage.width, stage.full, self.slice_residual)
 

@@ -1,5 +1,6 @@
 """The small-model baseline: every device trains, end to end, the largest zoo model that
-the weakest device of the fleet can train (chosen once, from memory alone)."""
+the weakest device of the fleet can train (chosen once, from memory alone), among the
+zoo's pretrained family (fleetsim.model.ARCHITECTURES)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from fleetsim.aggregate import masked_mean
 from fleetsim.cost import group_param_counts, predict_peak_bytes
-from fleetsim.model import ZOO, layer_groups
+from fleetsim.model import ARCHITECTURES, ZOO, layer_groups
 from fleetsim.policy import make_plan, plan_last_blocks
 from fleetsim.types import (
     DeviceId,
@@ -27,7 +28,8 @@ class SmallModel:
 
     def setup(self, ctx: SetupContext) -> ModelChoice:
         weakest = min(ctx.devices, key=lambda d: d.memory_bytes)
-        by_size = sorted(ZOO, key=lambda n: sum(group_param_counts(ZOO[n].config).values()))
+        by_size = sorted(ARCHITECTURES,
+                         key=lambda n: sum(group_param_counts(ZOO[n].config).values()))
         chosen = by_size[0]  # the smallest, if nothing fits: its devices will sit out
         for name in by_size:
             config = ZOO[name].config

@@ -17,9 +17,11 @@ from fleetsim.cost import (
     step_flops,
     upload_bytes,
 )
-from fleetsim.model import ZOO, TinyGPT
+from fleetsim.model import ZOO, TinyGPT, TinyGPTConfig
 from fleetsim.training import measure_step, model_for_plan, train_local
-from fleetsim.types import OptimizerSpec
+from fleetsim.types import OptimizerSpec, TrainingDefaults, TrainingPlan
+from policies.slt import stage_plan
+from tests.test_policy_contract import FLEET
 
 CFG = ZOO["gpt-2x64"].config
 PLAN_KINDS = ("full", "last:1", "head", "lora:8", "width:0.5")
@@ -39,6 +41,50 @@ def test_predicted_peak_within_tolerance_of_measured(model: str, spec: str,
     predicted = predict_peak_bytes(config, plan, seq_len=40)
     assert abs(predicted / measured - 1) <= TOLERANCE, (predicted, measured)
     assert flops == pytest.approx(step_flops(config, plan, seq_len=40))
+
+
+RESIDUAL_TOLERANCE = 0.05  # residual-sliced plans (model.slice_residual): worst about 0.3%
+# (width, tau, d): SLT configurations (blocks tau.. narrow, the last d of 0..tau-1 train);
+# tau = 0 is a whole model at that width
+RESIDUAL_CONFIGS = {"width:0.25": (0.25, 0, 0), "width:0.5": (0.5, 0, 0),
+                    "slt:first": (0.25, 1, 1), "slt:last": (0.125, -1, 1),
+                    "slt:deep": (0.5, -2, -2)}
+
+
+def residual_plan(config: TinyGPTConfig, name: str, optimizer: OptimizerSpec) -> TrainingPlan:
+    width, full, depth = RESIDUAL_CONFIGS[name]
+    full, depth = full % config.n_layer, depth % config.n_layer if depth else 1
+    if not full:
+        return parse_plan(f"width:{width}", config, 6, optimizer, slice_residual=True)
+    training = TrainingDefaults(1, None, 6, 0.0, optimizer, 40, slice_residual=True)
+    return stage_plan(config, FLEET[0], training, width, full, depth)
+
+
+@pytest.mark.parametrize(("model", "name", "optimizer"), [
+    *((m, name, "momentum") for m in ("gpt-2x64", "gpt-8x64") for name in RESIDUAL_CONFIGS),
+    ("gpt-4x128", "width:0.25", "adam"), ("gpt-4x128", "slt:last", "adam")])
+def test_residual_sliced_peak_is_predicted(model: str, name: str, optimizer: str) -> None:
+    config = ZOO[model].config
+    plan = residual_plan(config, name, OPTIMIZERS[optimizer])
+    assert plan.slices and all(p.residual for _, p in plan.slices)
+    measured, flops = measure_step(config, plan, seq_len=40)
+    predicted = predict_peak_bytes(config, plan, seq_len=40)
+    assert abs(predicted / measured - 1) <= RESIDUAL_TOLERANCE, (predicted, measured)
+    assert flops == pytest.approx(step_flops(config, plan, seq_len=40))
+
+
+def test_residual_slicing_shrinks_every_cost() -> None:
+    config = ZOO["gpt-8x64"].config
+    kept = parse_plan("width:0.25", config, 6)
+    cut = parse_plan("width:0.25", config, 6, slice_residual=True)
+    assert cut.slices[0][1].residual == tuple(range(16))
+    assert parse_plan("width:1", config, 6, slice_residual=True).slices == ()
+    for cost in (upload_bytes, download_bytes):
+        assert cost(config, cut) < cost(config, kept)
+    assert 4 * sum(p.numel() for p in model_for_plan(config, cut).parameters()) == \
+        download_bytes(config, cut) == upload_bytes(config, cut)
+    assert step_flops(config, cut, 40) < step_flops(config, kept, 40)
+    assert predict_peak_bytes(config, cut, 40) < predict_peak_bytes(config, kept, 40)
 
 
 def test_group_counts_sum_to_model_parameters() -> None:

@@ -7,14 +7,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from fleetsim.model import ZOO, TinyGPT, group_of, layer_groups
-from fleetsim.training import loss_of_step, model_state
+from fleetsim.model import ARCHITECTURES, ZOO, TinyGPT, group_of, layer_groups
+from fleetsim.training import loss_of_step, model_state, scratch_state
 from fleetsim.types import TrainingPlan
 
 
 def test_zoo_models_differ_in_depth_and_width() -> None:
-    shapes = {(e.config.n_layer, e.config.n_embd) for e in ZOO.values()}
-    assert len(ZOO) >= 3 and len({d for d, _ in shapes}) == len({w for _, w in shapes}) == len(ZOO)
+    assert len({(e.config.n_layer, e.config.n_embd) for e in ZOO.values()}) == len(ZOO)
+    family = {(ZOO[n].config.n_layer, ZOO[n].config.n_embd) for n in ARCHITECTURES}
+    assert len(ARCHITECTURES) >= 3
+    assert len({d for d, _ in family}) == len({w for _, w in family}) == len(ARCHITECTURES)
+
+
+def test_fine_grained_entry_has_many_thin_blocks() -> None:
+    cfg = ZOO["gpt-8x64"].config
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size) == (8, 64, 8, 8)
+    assert "gpt-8x64" not in ARCHITECTURES  # CAFF and small_model keep their candidates
+    assert sum(p.numel() for p in TinyGPT(cfg).parameters()) < 500_000  # cheap from scratch
+
+
+def test_scratch_weights_follow_the_seed_and_leave_torch_alone() -> None:
+    cfg = ZOO["gpt-2x64"].config
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a, b, c = scratch_state(cfg, 1), scratch_state(cfg, 1), scratch_state(cfg, 2)
+    assert torch.equal(torch.rand(3), expected)  # the global generator is untouched
+    assert all((a[k] == b[k]).all() for k in a)
+    assert not (a["lm_head.weight"] == c["lm_head.weight"]).all()
+    assert abs(float(a["lm_head.weight"].std()) - 0.02) < 0.002  # TinyGPT's own init
 
 
 @pytest.mark.parametrize("name", list(ZOO))

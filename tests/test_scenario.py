@@ -53,6 +53,7 @@ BAD = [
     ("negative_seed.yaml", "seed", "greater than or equal to 0"),
     ("seq_len_too_long.yaml", "data.seq_len", "take at most 127"),
     ("unknown_model.yaml", "model.name", "did you mean 'gpt-4x128'"),
+    ("model_init_bad.yaml", "model.init", "'pretrained' or 'scratch'"),
     ("unknown_policy.yaml", "policy.name", "did you mean 'caff'"),
     ("zero_workers.yaml", "workers.count", "greater than or equal to 1"),
     ("output_placeholder.yaml", "output.dir", "only the placeholder {name}"),
@@ -173,6 +174,25 @@ def test_memory_of_is_the_predicted_peak_of_the_plan(tmp_path: Path) -> None:
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(scenario_to_yaml(scenario))
     assert load_scenario(resolved) == scenario
+
+
+def test_memory_of_a_width_slices_the_residual_with_the_model(tmp_path: Path) -> None:
+    from fleetsim.cost import parse_plan, predict_peak_bytes
+    from fleetsim.fleet import Fleet
+    from fleetsim.model import ZOO
+
+    text = FLEET_WITH_OVERRIDE.replace("overrides: {memory_mb: 256}", 'memory_of: "width:0.25"')
+    budgets = []
+    for residual in (False, True):
+        flag = str(residual).lower()
+        model = f"model: {{name: gpt-8x64, init: scratch, slice_residual: {flag}}}\n"
+        scenario = load_scenario(write(tmp_path, text + model))
+        assert scenario.model.init == "scratch" and scenario.model.slice_residual is residual
+        fleet = Fleet(device_profiles(scenario), [1, 1, 1])
+        budgets.append(fleet.state(0, 0).memory_bytes)
+    config = ZOO["gpt-8x64"].config
+    plan = parse_plan("width:0.25", config, 16, slice_residual=True)
+    assert budgets[1] == predict_peak_bytes(config, plan, 80) < budgets[0]
 
 
 def test_local_epochs_alone_is_accepted(tmp_path: Path) -> None:

@@ -13,17 +13,19 @@ from fleetsim.cost import parse_plan, predict_peak_bytes
 from fleetsim.model import ZOO
 from fleetsim.types import DeviceState, SetupContext
 from policies import create_policy
-from policies.slt import configuration_table, schedule
+from policies.slt import configuration_table, schedule, stage_plan
 from tests.test_policy_contract import FLEET, TRAINING, round_context
 
 MODELS = ["gpt-2x64", "gpt-4x128", "gpt-6x192"]
 
 
-def device_at_width(model: str, width: float, device_id: int = 0) -> DeviceState:
-    """A device whose memory is that of training the whole model at `width`: the
-    constraint as the SLT paper sets it."""
+def device_at_width(model: str, width: float, device_id: int = 0,
+                    residual: bool = False) -> DeviceState:
+    """A device whose memory is that of training the whole model at `width` (its
+    residual sliced too with `residual`): the constraint as the SLT paper sets it."""
     config = ZOO[model].config
-    plan = parse_plan(f"width:{width}", config, TRAINING.batch_size, TRAINING.optimizer)
+    plan = parse_plan(f"width:{width}", config, TRAINING.batch_size, TRAINING.optimizer,
+                      slice_residual=residual)
     cap = predict_peak_bytes(config, plan, TRAINING.seq_len)
     return replace(FLEET[0], device_id=device_id, memory_bytes=cap)
 
@@ -105,3 +107,41 @@ def test_width_baselines_pick_their_units() -> None:
              for b in range(config.n_layer)]
     assert len(set(drawn)) == len(drawn), "drawn per device and block"
     assert np.all([p.train == ctx.model.groups for p in heterofl.values()])
+
+
+def test_residual_slicing_lets_slt_walk_gpt_8x64_in_many_steps() -> None:
+    model, sliced = "gpt-8x64", replace(TRAINING, slice_residual=True)
+    config = ZOO[model].config
+    weakest = device_at_width(model, 0.25, residual=True)
+    table = configuration_table(config, weakest, sliced)
+    assert len(table) >= 6, table
+    assert len(configuration_table(config, weakest, TRAINING)) < len(table)  # same memory
+    for width, full in table:
+        plan = stage_plan(config, weakest, sliced, width, full, 1)
+        assert predict_peak_bytes(config, plan, TRAINING.seq_len) <= weakest.memory_bytes
+        assert [g for g, _ in plan.slices] == [f"block.{b}" for b in range(full, 8)]
+        assert all(len(p.residual) == max(1, int(width * 64)) for _, p in plan.slices)
+    policy = create_policy("slt", {})
+    policy.setup(SetupContext((weakest,), model, sliced, 120.0, 60))
+    assert len(policy.stages) == len(table) + 1
+    stage0 = dict(policy.evaluated_slices(-1))
+    assert stage0["block.0"].residual  # stage 0: every block, hence the embeddings, narrow
+    assert "block.0" not in dict(policy.evaluated_slices(59))
+
+
+def test_width_baselines_pick_their_residual_channels() -> None:
+    ctx = replace(round_context("gpt-4x128"), training=replace(TRAINING, slice_residual=True))
+    plans = {name: create_policy(name, {}).plan_round(ctx)
+             for name in ("heterofl", "fedrolex", "feddropout")}
+    narrow = [d for d, p in plans["heterofl"].items() if p.slices]
+    assert narrow and set(plans["heterofl"]) == set(plans["fedrolex"]) == set(plans["feddropout"])
+    drawn = []
+    for d in narrow:
+        kept = {name: {p.residual for _, p in plans[name][d].slices} for name in plans}
+        assert all(len(channels) == 1 for channels in kept.values()), "one stream, every block"
+        first, rolled, random = (next(iter(kept[n])) for n in plans)
+        assert first == tuple(range(len(first))) and len(first) < 128
+        assert rolled == tuple(range(ctx.round, ctx.round + len(first)))
+        assert len(random) == len(first)
+        drawn.append(random)
+    assert len(set(drawn)) == len(drawn), "drawn per device"

@@ -108,7 +108,8 @@ def test_tune_runs_the_grid_and_prints_the_choice(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "tune"
     args = ["tune", str(SMOKE), "--policy", "lora", "--grid", "training.lr=0.0001,0.01",
-            "--grid", "policy.params.rank=2", *TINY, "--out", str(out), "--jobs", "2"]
+            "--grid", "policy.params.rank=2", "--set", "policy.params.scale=1", *TINY,
+            "--out", str(out), "--jobs", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     tuned = json.loads((out / "tune.json").read_text())
@@ -119,7 +120,8 @@ def test_tune_runs_the_grid_and_prints_the_choice(tmp_path: Path,
     assert tuned["choice"] == tuned["trials"][choose(accuracies)]["set"]
     for trial in tuned["trials"]:
         ran = yaml.safe_load((out / trial["run"] / "scenario.yaml").read_text())
-        assert ran["eval"]["split"] == "validation" and ran["policy"]["params"] == {"rank": 2}
+        assert ran["eval"]["split"] == "validation"
+        assert ran["policy"]["params"] == {"rank": 2, "scale": 1}  # --set reaches lora too
         assert ran["workers"]["count"] == 1 and ran["workers"]["backend"] == "local"
     assert f"chose training.lr={tuned['choice']['training.lr']}" in printed
     assert "| grid01 | 0.01 | 2 |" in (out / "tune.md").read_text()
