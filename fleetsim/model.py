@@ -198,10 +198,10 @@ class ZooEntry:
 
     name: str
     config: TinyGPTConfig
-    # Short on purpose: a tiny model pretrained on a small public corpus, which federated
-    # finetuning on the devices' far larger data then clearly improves.
-    pretrain_steps: int = 400
-    pretrain_lr: float = 6e-3
+    # At most this many steps: pretraining stops once the held-out sonnets stop improving
+    # (fleetsim/pretrain.py).
+    pretrain_steps: int = 2000
+    pretrain_lr: float = 3e-3
     pretrain_batch: int = 32
 
 
