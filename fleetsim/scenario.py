@@ -223,13 +223,18 @@ def load_scenario(path: str | Path, overrides: Mapping[str, str] = {}) -> Scenar
     """Read, override (`a.b=value`), validate and resolve a scenario file."""
     path = Path(path)
     raw = read_yaml(path)
+    apply_overrides(raw, overrides, path)
+    return resolve(parse_model(Scenario, raw, path), path)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, str], path: Path) -> None:
+    """Apply `--set` overrides (key path -> YAML text) to a raw scenario tree in place."""
     for key_path, value in overrides.items():
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(path, key_path, f"--set value {value!r} is not valid YAML") from None
         set_key_path(raw, key_path, parsed, path)
-    return resolve(parse_model(Scenario, raw, path), path)
 
 
 def resolve(scenario: Scenario, path: Path) -> Scenario:

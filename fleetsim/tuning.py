@@ -24,8 +24,8 @@ from pydantic import Field
 from fleetsim.batch import BatchRun, single_host
 from fleetsim.errors import ConfigError
 from fleetsim.metrics import write_atomic
-from fleetsim.scenario import Scenario, resolve
-from fleetsim.strict import Strict, parse_model, set_key_path
+from fleetsim.scenario import Scenario, apply_overrides, resolve
+from fleetsim.strict import Strict, parse_model
 
 Setting = dict[str, str]  # key path -> value in `--set` syntax (YAML text)
 Grid = tuple[tuple[str, tuple[str, ...]], ...]  # key path -> values to try, in grid order
@@ -100,12 +100,7 @@ def apply(scenario: Scenario, setting: Mapping[str, str], source: Path) -> Scena
     if not setting:
         return scenario
     raw = scenario.model_dump(mode="json", by_alias=True)
-    for key, text in setting.items():
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(source, key, f"value {text!r} is not valid YAML") from None
-        set_key_path(raw, key, value, source)
+    apply_overrides(raw, setting, source)
     applied = resolve(parse_model(Scenario, raw, source), source)
     if any(key.startswith("policy.") for key in setting):
         _check_policy(applied, source)

@@ -40,3 +40,16 @@ def run_yaml(tmp_path: Path, text: str) -> tuple[dict[str, Any], Path]:
         summary = asyncio.run(run_scenario(RunSetup(load_scenario(source), source), out,
                                            PlainObserver(out, log)))
     return summary, out
+
+
+def suite_error(tmp_path: Path, suite: str, old: str, new: str) -> Any:
+    """The ConfigError that loading `suite` with `old` replaced by `new` raises."""
+    from fleetsim.errors import ConfigError
+    from fleetsim.paper import load_suite
+
+    path = tmp_path / "suite.yaml"
+    assert old in suite
+    path.write_text(suite.replace(old, new))
+    with pytest.raises(ConfigError) as err:
+        load_suite(path)
+    return err.value

@@ -15,7 +15,6 @@ import pytest
 
 from fleetsim.claims import load_rows, write_document
 from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.errors import ConfigError
 from fleetsim.model import ZOO
 from fleetsim.paper import (
     FREE_DEADLINE_S,
@@ -29,6 +28,7 @@ from fleetsim.scenario import Scenario, device_profiles, load_scenario, resolve,
 from fleetsim.stats import Interval, Stat, t_975
 from fleetsim.types import OptimizerSpec
 from fleetsim.verdicts import NOT_TESTABLE, Evidence, Rows, check
+from tests.conftest import suite_error
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = Interval(20.0, 19.0, 21.0, 3)  # a headroom of 20 points, clearly above 3
@@ -196,12 +196,8 @@ experiments:
 ])
 def test_claims_schema_names_the_key(tmp_path: Path, old: str, new: str, key: str,
                                      words: str) -> None:
-    path = tmp_path / "suite.yaml"
-    assert old in SUITE
-    path.write_text(SUITE.replace(old, new))
-    with pytest.raises(ConfigError) as err:
-        load_suite(path)
-    assert err.value.key == key and words in err.value.message
+    err = suite_error(tmp_path, SUITE, old, new)
+    assert err.key == key and words in err.message
 
 
 def test_unconstrained_lifts_every_budget_and_keeps_the_rest() -> None:

@@ -15,7 +15,6 @@ import pytest
 from fleetsim.claims import write_document
 from fleetsim.compare import with_policy
 from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.errors import ConfigError
 from fleetsim.findings import (
     caff_lines,
     gap_lines,
@@ -31,7 +30,7 @@ from fleetsim.predicted import caff_choices, memory_plans, plan_specs, ratio_tex
 from fleetsim.scenario import Scenario, load_scenario, scenario_to_yaml
 from fleetsim.tuning import Trial, grid_of, result, write_tuning
 from fleetsim.types import LoraSpec, OptimizerSpec, TrainingPlan
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, suite_error
 from tests.test_claims import fake_run
 
 GAP = GapSpec(small="fedavg", about="the same network trained end to end")
@@ -96,12 +95,8 @@ experiments:
 ])
 def test_gap_schema_names_the_key(tmp_path: Path, old: str, new: str, key: str,
                                   words: str) -> None:
-    path = tmp_path / "suite.yaml"
-    assert old in GAP_SUITE
-    path.write_text(GAP_SUITE.replace(old, new))
-    with pytest.raises(ConfigError) as err:
-        load_suite(path)
-    assert err.value.key == key and words in err.value.message
+    err = suite_error(tmp_path, GAP_SUITE, old, new)
+    assert err.key == key and words in err.message
 
 
 def caff_fleet() -> Scenario:
