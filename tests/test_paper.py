@@ -57,7 +57,7 @@ def test_committed_suite_covers_the_papers_comparisons(tmp_path: Path) -> None:
     claims = {c.claim for e in suite.experiments for c in e.claims}
     assert claims == set(RULES)
     partitions = {r.scenario.data.partition for r in runs}
-    assert partitions == {"natural", "iid", "dirichlet"}
+    assert partitions == {"natural", "iid"}
     assert len({r.out_dir for r in runs}) == len(runs)
     # SLT's own setting: from scratch, the residual sliced, 100 devices, 10 a round, 50 rounds
     slt = [r.scenario for r in runs if r.policy == "slt"]
