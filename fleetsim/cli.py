@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--out", help="run directories (default runs/paper[-reduced])")
     paper.add_argument("--doc", help="the document (default docs/results.md; with "
                        "--reduced OUT/results.md)")
+    paper.add_argument("--archive", help="the compact results kept in the repository (default "
+                       "beside the suite file, <suite>-archive/; none with --reduced)")
+    paper.add_argument("--no-archive", action="store_true", help="keep no archive")
     paper.add_argument("--jobs", type=int, help="runs at once, one process and host each "
                        "(default: the number of CPUs)")
     paper.set_defaults(command=cmd_paper)
@@ -225,8 +228,10 @@ def cmd_paper(args: argparse.Namespace) -> int:
     doc = Path(args.doc) if args.doc else (out_dir / "results.md" if args.reduced
                                            else PROJECT_ROOT / "docs" / "results.md")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
+    archive = None if args.no_archive else Path(args.archive) if args.archive else \
+        None if args.reduced else suite_file.with_name(f"{suite_file.stem}-archive")
     suite = run_suite(suite_file, out_dir, args.reduced, sys.stdout, names,
-                      _jobs(args, "paper"))
+                      _jobs(args, "paper"), archive)
     command = " ".join(["fleetsim paper", *(["--reduced"] if args.reduced else []),
                         *([f"--only {args.only}"] if names else [])])
     for check in write_document(suite, out_dir, doc, command, args.reduced):

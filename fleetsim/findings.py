@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fleetsim.metrics import RunData
 from fleetsim.model import ARCHITECTURES
-from fleetsim.paper import UPPER_BOUND, GapSpec, Suite, load_durations
+from fleetsim.paper import UPPER_BOUND, GapSpec, Suite, load_durations, load_sittings
 from fleetsim.predicted import (
     caff_choices,
     memory_plans,
@@ -160,9 +160,8 @@ def _accuracy(value: float | None) -> str:
 
 
 def run_time_lines(out_dir: Path, suite: Suite) -> list[str]:
-    """What the suite's runs and tuning trials took, from durations.json: summed over
-    runs (each run's own wall time, start-up included). With several runs at once the
-    suite's wall time is shorter, and the suite keeps no record of it."""
+    """The suite's wall time, summed over its sittings (sittings.json), and what its runs
+    and tuning trials took one by one (durations.json, start-up included)."""
     durations = load_durations(out_dir)
     keys = [f"{e.name}/{run}/seed{s}" for e in suite.experiments
             for run in [*e.policies, *([UPPER_BOUND] * e.upper_bound)] for s in suite.seeds]
@@ -172,10 +171,15 @@ def run_time_lines(out_dir: Path, suite: Suite) -> list[str]:
     timed = "" if len(run_s) == len(keys) else f" ({len(run_s)} of them timed)"
     trials = (f"; its {len(trial_s)} tuning trial{'s' * (len(trial_s) > 1)} took "
               f"{_minutes(sum(trial_s))} minutes" if trial_s else "")
-    return [f"The {len(keys)} runs took {_minutes(sum(run_s))} minutes of run time summed "
-            f"over runs{timed}{trials}. That is each run's own wall time, start-up included "
-            "(`durations.json`); with several runs at once (`--jobs`) the suite's wall time "
-            "is shorter, and the suite keeps no record of it."]
+    sittings = load_sittings(out_dir).values()
+    jobs = sorted({s["jobs"] for s in sittings})
+    wall = (f"Wall time: {_minutes(sum(s['wall_s'] for s in sittings))} minutes in "
+            f"{len(sittings)} sitting{'s' * (len(sittings) > 1)}, "
+            f"{' or '.join(map(str, jobs))} run{'s' * (jobs[-1] > 1)} at once "
+            "(`sittings.json`)." if sittings else "Wall time: not recorded.")
+    return [f"{wall} The {len(keys)} runs took {_minutes(sum(run_s))} minutes of run time "
+            f"summed over runs{timed}{trials}: each run's own wall time, start-up included "
+            "(`durations.json`)."]
 
 
 def _minutes(seconds: float) -> str:

@@ -11,19 +11,22 @@ their verdicts, figures) is then computed from those directories alone (`claims.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from fleetsim import PROJECT_ROOT
+from fleetsim.archive import DURATIONS, SITTINGS, pack_records, pack_run, read_record, unpack
 from fleetsim.batch import BatchRun, Outcome, default_jobs, run_batch, single_host
 from fleetsim.compare import with_policy
 from fleetsim.errors import ConfigError
 from fleetsim.metrics import write_atomic
-from fleetsim.scenario import Scenario, SelectionConfig, load_scenario
+from fleetsim.scenario import Scenario, SelectionConfig, load_scenario, scenario_to_yaml
 from fleetsim.strict import Strict, parse_model, read_yaml
 from fleetsim.tuning import (
     Grid,
@@ -38,7 +41,6 @@ from fleetsim.tuning import (
 )
 
 DEFAULT_SUITE = PROJECT_ROOT / "paper" / "suite.yaml"
-DURATIONS = "durations.json"  # seconds per finished run, beside the run directories
 Claim = Literal["lora_memory", "caff_accuracy", "upload_parity", "slt_ahead"]
 # The method each claim is about; its rivals are the methods it is compared with.
 SUBJECT: Mapping[str, str] = {"lora_memory": "caff", "caff_accuracy": "caff",
@@ -243,27 +245,65 @@ TuningPlan = dict[str, dict[str, tuple[Grid, list[tuple[Setting, BatchRun]]]]]
 
 
 def run_suite(path: Path, out_dir: Path, reduced: bool = False, log: Any = None,
-              names: Sequence[str] = (), jobs: int | None = None) -> Suite:
+              names: Sequence[str] = (), jobs: int | None = None,
+              archive: Path | None = None) -> Suite:
     """Run every planned run (of the named experiments; default all) that has not
     finished yet, `jobs` at once (default: the CPUs), each on one host in a process of its
     own (fleetsim.batch); progress goes to `log`. First every tuning trial (`tuning_plan`);
-    each experiment's choices go to OUT/<exp>/tuning.json and apply to all its seeds."""
+    each experiment's choices go to OUT/<exp>/tuning.json and apply to all its seeds.
+    With an `archive` (fleetsim.archive), the runs it holds are written into `out_dir`
+    first and every run finished here is added to it."""
     suite = only(load_suite(path, reduced), path, names)
     runs = list(planned_runs(suite, path, out_dir, reduced))  # every scenario checked first
     plan = tuning_plan(suite, path, runs, out_dir, reduced)  # and every trial's
-    jobs = jobs or default_jobs()
-    durations = load_durations(out_dir)
+    if archive is not None:
+        print(f"{unpack(archive, out_dir)} finished runs restored from {archive}",
+              file=log, flush=True)
+    sitting = Sitting(out_dir, archive, jobs or default_jobs())
     trials = [(exp, name, setting, run) for exp, by_name in plan.items()
               for name, (_, pairs) in by_name.items() for setting, run in pairs]
     _run_jobs([SuiteJob(run, f"tuning [{n}/{len(trials)}] {exp} {name} {label(setting)}",
                         "validation accuracy")
-               for n, (exp, name, setting, run) in enumerate(trials, 1)],
-              out_dir, durations, jobs, log)
+               for n, (exp, name, setting, run) in enumerate(trials, 1)], sitting, log)
     choices = record_choices(plan, out_dir, log)
     _run_jobs([SuiteJob(_frozen(run, choices), f"[{n}/{len(runs)}] {run.experiment.name} "
                         f"{run.label} seed {run.seed}", "final accuracy")
-               for n, run in enumerate(runs, 1)], out_dir, durations, jobs, log)
+               for n, run in enumerate(runs, 1)], sitting, log)
     return suite
+
+
+@dataclass
+class Sitting:
+    """One invocation of the suite: it saves each run's duration as the run finishes
+    (durations.json) and its own wall time so far (sittings.json, by start time), and
+    adds each finished run to the archive, if any, so a kill loses only runs under way."""
+
+    out_dir: Path
+    archive: Path | None
+    jobs: int
+    began: float = field(default_factory=time.perf_counter)
+    started: str = field(default_factory=lambda: datetime.now(UTC)
+                         .isoformat(timespec="seconds"))
+    runs: int = 0
+
+    def finished(self, run_dir: Path, seconds: float) -> None:
+        self.runs += 1
+        durations = {**read_record(self.out_dir / DURATIONS),
+                     str(run_dir.relative_to(self.out_dir)): seconds}  # start-up included
+        write_atomic(self.out_dir / DURATIONS, json.dumps(durations, indent=1, sort_keys=True))
+        sittings = {**read_record(self.out_dir / SITTINGS), self.started: {
+            "jobs": self.jobs, "runs": self.runs, "wall_s": time.perf_counter() - self.began}}
+        write_atomic(self.out_dir / SITTINGS, json.dumps(sittings, indent=1, sort_keys=True))
+        self.archived(run_dir, again=True)
+
+    def archived(self, run_dir: Path, again: bool = False) -> None:
+        """The finished run is in the archive, if any (packed `again` if it was)."""
+        if self.archive is None:
+            return
+        if again or not (self.archive / run_dir.relative_to(self.out_dir) / "summary.json"
+                         ).is_file():
+            pack_run(run_dir, self.out_dir, self.archive)
+        pack_records(self.out_dir, self.archive)
 
 
 def _frozen(run: PlannedRun, choices: Mapping[tuple[str, str], Setting]) -> BatchRun:
@@ -347,29 +387,33 @@ def record_choices(plan: TuningPlan, out_dir: Path, log: Any = None
     return choices
 
 
-def _run_jobs(batch: Sequence[SuiteJob], out_dir: Path, durations: dict[str, float],
-              jobs: int, log: Any) -> None:
-    """Run the jobs that did not finish before (summary.json and a duration), `jobs` at
-    once; each finished one's duration is saved at once (durations.json)."""
+def _run_jobs(batch: Sequence[SuiteJob], sitting: Sitting, log: Any) -> None:
+    """Run the jobs that did not finish before (`finished_before`), `sitting.jobs` at
+    once; `sitting` records each as it finishes."""
+    durations = read_record(sitting.out_dir / DURATIONS)
     todo = {}
     for job in batch:
-        if (job.run.out_dir / "summary.json").is_file() and _key(job, out_dir) in durations:
+        if finished_before(job.run, durations, sitting.out_dir):
             print(f"{job.label}: done before", file=log, flush=True)
+            sitting.archived(job.run.out_dir)
         else:
             todo[job.run.out_dir] = job
 
     def done(run: BatchRun, outcome: Outcome) -> None:
-        job = todo[run.out_dir]
-        durations[_key(job, out_dir)] = outcome.seconds  # start-up included
-        write_atomic(out_dir / DURATIONS, json.dumps(durations, indent=1, sort_keys=True))
-        print(f"{job.label}: {job.measure} {_fmt(outcome.final_accuracy)} "
-              f"({outcome.seconds:.0f} s)", file=log, flush=True)
+        sitting.finished(run.out_dir, outcome.seconds)
+        print(f"{todo[run.out_dir].label}: {todo[run.out_dir].measure} "
+              f"{_fmt(outcome.final_accuracy)} ({outcome.seconds:.0f} s)", file=log, flush=True)
 
-    run_batch([job.run for job in todo.values()], jobs, done)
+    run_batch([job.run for job in todo.values()], sitting.jobs, done)
 
 
-def _key(job: SuiteJob, out_dir: Path) -> str:
-    return str(job.run.out_dir.relative_to(out_dir))
+def finished_before(run: BatchRun, durations: Mapping[str, float], out_dir: Path) -> bool:
+    """The run directory holds this very run, finished and timed: a summary, a duration,
+    and the scenario it would run now (a scenario or suite edited since runs again)."""
+    written = run.out_dir / "scenario.yaml"
+    return ((run.out_dir / "summary.json").is_file()
+            and str(run.out_dir.relative_to(out_dir)) in durations and written.is_file()
+            and written.read_text() == scenario_to_yaml(run.scenario))
 
 
 def _fmt(accuracy: float | None) -> str:
@@ -378,5 +422,9 @@ def _fmt(accuracy: float | None) -> str:
 
 def load_durations(out_dir: Path) -> dict[str, float]:
     """Seconds each finished run took, by its directory under `out_dir`."""
-    path = out_dir / DURATIONS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_record(out_dir / DURATIONS)
+
+
+def load_sittings(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per sitting of the suite (by its start, UTC): jobs, runs finished, wall seconds."""
+    return read_record(out_dir / SITTINGS)

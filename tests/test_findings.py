@@ -216,8 +216,13 @@ def test_run_time_sums_the_suites_runs_and_trials_only(tmp_path: Path) -> None:
         "memory/tuning/lora/grid00": 30, "memory/tuning/lora/grid01": 60}))
     # 600 s of 3 timed runs = 10 minutes; trials 90 s = 1.5 minutes
     assert run_time_lines(tmp_path, suite)[0].startswith(
-        "The 4 runs took 10 minutes of run time summed over runs (3 of them timed); its 2 "
-        "tuning trials took 1.5 minutes. That is each run's own wall time")
+        "Wall time: not recorded. The 4 runs took 10 minutes of run time summed over runs "
+        "(3 of them timed); its 2 tuning trials took 1.5 minutes: each run's own wall time")
+    (tmp_path / "sittings.json").write_text(json.dumps({
+        "2026-12-02T09:00:00+00:00": {"jobs": 2, "runs": 3, "wall_s": 1500},
+        "2026-12-03T10:00:00+00:00": {"jobs": 2, "runs": 3, "wall_s": 900}}))
+    assert run_time_lines(tmp_path, suite)[0].startswith(
+        "Wall time: 40 minutes in 2 sittings, 2 runs at once (`sittings.json`). The 4 runs")
 
 
 def test_document_has_gap_shares_caff_choice_plan_memory_and_tuning(tmp_path: Path) -> None:

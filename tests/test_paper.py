@@ -5,6 +5,7 @@ error. The verdict rules themselves: tests/test_claims.py."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,9 @@ def test_committed_suite_covers_the_papers_comparisons(tmp_path: Path) -> None:
 def test_small_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     suite_file, out, doc = tmp_path / "suite.yaml", tmp_path / "runs", tmp_path / "doc.md"
     suite_file.write_text(SUITE)
-    args = ["paper", str(suite_file), "--reduced", "--out", str(out), "--doc", str(doc)]
+    archive = tmp_path / "archive"
+    args = ["paper", str(suite_file), "--reduced", "--out", str(out), "--doc", str(doc),
+            "--archive", str(archive)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("final accuracy") == 14  # 5 policies, 2 upper bounds, 2 seeds
@@ -93,6 +96,12 @@ def test_small_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -
     again = capsys.readouterr().out
     assert again.count("done before") == 14 and "final accuracy" not in again
     assert doc.read_text() == text
+    # another machine: only the archive in the repository; nothing runs, the same document
+    shutil.rmtree(out)
+    assert main(args) == 0
+    elsewhere = capsys.readouterr().out
+    assert "14 finished runs restored" in elsewhere and "final accuracy" not in elsewhere
+    assert doc.read_text() == text and "Wall time: " in text and "1 sitting" in text
 
 
 def test_bad_suite_is_one_line_naming_the_key(tmp_path: Path,
