@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,18 +86,20 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
             state, records = run.initial_state, []
             initial = await evaluate(run, state, -1)
         else:
-            state, initial = ckpt.state, ckpt.initial
+            state, initial = ckpt.state, Evaluation(**ckpt.initial)
             records = [RoundRecord(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
-            run.policy, run.clock = ckpt.policy, Clock(ckpt.clock_s)
+            run.clock = Clock(ckpt.clock_s)
             run.fleet.restore(ckpt.fleet)
+            if ckpt.policy is not None:
+                run.policy.load_state_dict(ckpt.policy)
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
                            "resumed_after_round": ckpt.round if ckpt else None})
         for r in range(len(records), run.scenario.rounds):
             record, state = await play_round(run, r, state, records[-1] if records else None)
             records.append(record)
-            save_checkpoint(out_dir, Checkpoint(r, state, run.policy, run.clock.now_s,
-                                                run.fleet.snapshot(), initial,
-                                                output_offsets(out_dir)))
+            save_checkpoint(out_dir, Checkpoint(r, state, policy_state(run.policy),
+                                                run.clock.now_s, run.fleet.snapshot(),
+                                                asdict(initial), output_offsets(out_dir)))
         class_accuracy = {name: (await evaluate(run, state, len(records) - 1, windows)).accuracy
                           for name, windows in run.class_windows.items()}
         summary = summarize(run, initial, records)
@@ -160,6 +162,13 @@ async def evaluate(run: Run, state: ModelState, r: int, windows: Any = None) -> 
     metrics = await run.pool.evaluate(run.pool.share(state),
                                       run.eval_windows if windows is None else windows, plan)
     return Evaluation(metrics["accuracy"], metrics["loss"])
+
+
+def policy_state(policy: Any) -> dict[str, Any] | None:
+    """What a policy keeps across rounds, as plain values (its optional `state_dict()`);
+    None for a policy whose state after `setup` never changes."""
+    save = getattr(policy, "state_dict", None)
+    return None if save is None else save()
 
 
 def evaluation_plan(model: ModelInfo, policy: Any, r: int) -> TrainingPlan:

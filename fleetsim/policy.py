@@ -10,6 +10,9 @@ A policy decides what each selected device trains this round and how updates mer
   sorted by device id; it must not mutate its inputs, and no updates means no change.
 - optional `evaluated_slices(r)`: the sub-model the server evaluates after round r
   (-1: before the first); without it the whole model is evaluated.
+- optional `state_dict()` / `load_state_dict(state)`: what the policy changes after
+  `setup` (plain JSON values), saved in each checkpoint and given back on resume; a
+  policy without them must not change after `setup`.
 """
 
 from __future__ import annotations
