@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def pack_run(run_dir: Path, out_dir: Path, archive: Path) -> None:
         write_atomic(target / name, (run_dir / name).read_text())
     for name in ZIPPED:
         data = gzip.compress((run_dir / name).read_bytes(), compresslevel=9, mtime=0)
-        replace_atomically(target / f"{name}.gz", lambda tmp, data=data: tmp.write_bytes(data))
+        replace_atomically(target / f"{name}.gz", partial(Path.write_bytes, data=data))
 
 
 def pack_records(out_dir: Path, archive: Path) -> None:

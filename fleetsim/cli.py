@@ -274,10 +274,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError("fleetsim tune", "--policy", f"unknown policy {args.policy!r}; "
                           f"registered: {', '.join(registered())}")
     overrides = _overrides(args)
-    scenario = with_policy(load_scenario(source, overrides), args.policy)
     # --set policy.params.* belong to the tuned policy: applied after the switch to it
-    scenario = apply(scenario, {k: v for k, v in overrides.items()
-                                if k.startswith("policy.params.")}, source)
+    params = {k: v for k, v in overrides.items() if k.startswith("policy.params.")}
+    scenario = with_policy(load_scenario(source, {k: v for k, v in overrides.items()
+                                                  if k not in params}), args.policy)
+    scenario = apply(scenario, params, source)
     out_dir = _output_dir(args.out, scenario.output.dir, f"{scenario.name}-tune",
                           marker=TUNE_FILE)
     trials = trial_runs(scenario, source, grid, out_dir)  # every setting checked first

@@ -82,20 +82,24 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
         ckpt = load_checkpoint(out_dir) if resume else None
         if ckpt is not None:  # the writer appends: what follows the checkpoint goes
             truncate_outputs(out_dir, ckpt.offsets)
+        devices: list[DeviceRecord] = []  # the previous round's
         if ckpt is None:
             state, records = run.initial_state, []
             initial = await evaluate(run, state, -1)
         else:
             state, initial = ckpt.state, Evaluation(**ckpt.initial)
             records = [RoundRecord(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
+            devices = [DeviceRecord(**row) for row in read_jsonl(out_dir / "devices.jsonl")
+                       if row["round"] == ckpt.round]
             run.clock = Clock(ckpt.clock_s)
             run.fleet.restore(ckpt.fleet)
             if ckpt.policy is not None:
-                run.policy.load_state_dict(ckpt.policy)
+                run.policy.load_state_dict(ckpt.policy)  # type: ignore[attr-defined]
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
                            "resumed_after_round": ckpt.round if ckpt else None})
         for r in range(len(records), run.scenario.rounds):
-            record, state = await play_round(run, r, state, records[-1] if records else None)
+            record, devices, state = await play_round(run, r, state,
+                                                      records[-1] if records else None, devices)
             records.append(record)
             save_checkpoint(out_dir, Checkpoint(r, state, policy_state(run.policy),
                                                 run.clock.now_s, run.fleet.snapshot(),
@@ -112,9 +116,10 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
         run.close()
 
 
-async def play_round(run: Run, r: int, state: ModelState,
-                     previous: RoundRecord | None) -> tuple[RoundRecord, ModelState]:
-    """One round, start to end; returns its record and the new global state."""
+async def play_round(run: Run, r: int, state: ModelState, previous: RoundRecord | None,
+                     previous_devices: Sequence[DeviceRecord]
+                     ) -> tuple[RoundRecord, list[DeviceRecord], ModelState]:
+    """One round, start to end; returns its records and the new global state."""
     wall_start = time.perf_counter()
     select_rng, policy_rng, clock_rng = (np.random.default_rng(s) for s in
                                          stream(run.scenario.seed, ROUND_STREAMS, r).spawn(3))
@@ -124,7 +129,7 @@ async def play_round(run: Run, r: int, state: ModelState,
     online = run.fleet.online(now)
     ctx = RoundContext(r, run.scenario.rounds, now, run.select(select_rng, online, now),
                        run.model, training_defaults(run.scenario, r), sel.deadline_s, previous,
-                       policy_rng)
+                       policy_rng, tuple(previous_devices))
     plans = checked_plans(ctx, run.policy.plan_round(ctx))
     devices = {d.device_id: d for d in ctx.devices}
     jobs = [replace(clock_job(run.model.config, plan, devices[d], ctx.training.seq_len),
@@ -152,7 +157,7 @@ async def play_round(run: Run, r: int, state: ModelState,
                            device_records, results, aggregated, online_by_class)
     run.writer.write_round(record, device_records)
     run.observer.on_round(record, device_records)
-    return record, state
+    return record, device_records, state
 
 
 async def evaluate(run: Run, state: ModelState, r: int, windows: Any = None) -> Evaluation:

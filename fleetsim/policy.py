@@ -1,13 +1,18 @@
 """The policy interface, and the helpers policies share (no policy subclasses another).
 
-A policy decides what each selected device trains this round and how updates merge:
+A policy decides what each selected device trains this round and how updates merge
+(docs/policies.md is the guide). It subclasses `Policy` and writes `plan_round`:
 
-- `setup(ctx)` runs once and picks the model.
 - `plan_round(ctx)` returns a plan per device; devices left out of the mapping sit the
   round out (recorded as `skipped`). Plans must fit the device's current memory budget
   as the cost model predicts it.
+- `setup(ctx)` runs once and picks the model; by default the scenario's, no adapters.
 - `aggregate(ctx, state, updates)` returns a new state from the updates that arrived,
   sorted by device id; it must not mutate its inputs, and no updates means no change.
+  By default each element is averaged over the devices that trained it (`masked_mean`).
+- `Params`: its parameters as a typed, frozen model (unknown keys refused); the
+  scenario's `policy.params` are checked against it before anything starts, and the
+  policy gets them as `self.params`.
 - optional `evaluated_slices(r)`: the sub-model the server evaluates after round r
   (-1: before the first); without it the whole model is evaluated.
 - optional `state_dict()` / `load_state_dict(state)`: what the policy changes after
@@ -19,11 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field
+
+from fleetsim.aggregate import masked_mean
 from fleetsim.clock import ClockJob
 from fleetsim.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
 from fleetsim.model import layer_groups
+from fleetsim.strict import Strict
 from fleetsim.submodel import first_ids, first_slice, residual_part, uniform, with_residual
 from fleetsim.types import (
     DeviceId,
@@ -41,16 +50,29 @@ from fleetsim.types import (
 )
 
 
-@runtime_checkable
-class Policy(Protocol):
+class PolicyParams(Strict):
+    """A policy's parameters: none unless a policy declares its own (a subclass)."""
+
+
+class Policy:
+    """The base of every policy: the scenario's model, the masked mean, no parameters.
+    A subclass sets `name` (lowercase, unique) and writes `plan_round`."""
+
     name: ClassVar[str]
+    Params: ClassVar[type[PolicyParams]] = PolicyParams
 
-    def setup(self, ctx: SetupContext) -> ModelChoice: ...
+    def __init__(self, params: PolicyParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
 
-    def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]: ...
+    def setup(self, ctx: SetupContext) -> ModelChoice:
+        return ModelChoice(ctx.model_name)
+
+    def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
+        raise NotImplementedError(f"{type(self).__name__} must define plan_round")
 
     def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState: ...
+                  updates: Sequence[Update]) -> ModelState:
+        return masked_mean(state, updates)
 
 
 def local_steps(device: DeviceState, training: TrainingDefaults) -> int:
@@ -124,11 +146,11 @@ def plan_last_blocks(ctx: RoundContext, n: int) -> dict[DeviceId, TrainingPlan]:
 WIDTH_LEVELS = (1.0, 0.5, 0.25, 0.125, 0.0625)  # HeteroFL's levels a..e
 
 
-def width_levels(policy: str, widths: Sequence[float]) -> tuple[float, ...]:
-    """A sub-model policy's `widths` parameter, checked."""
-    if not widths or not all(isinstance(w, int | float) and 0 < w <= 1 for w in widths):
-        raise ValueError(f"{policy} widths must be fractions in (0, 1], got {widths!r}")
-    return tuple(float(w) for w in widths)
+class WidthParams(PolicyParams):
+    """A width method's parameters: the widths a device may train at."""
+
+    widths: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(default=WIDTH_LEVELS,
+                                                                     min_length=1)
 
 
 def largest_width(config: Any, device: DeviceState, training: TrainingDefaults,

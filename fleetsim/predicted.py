@@ -17,8 +17,8 @@ from fleetsim.model import ARCHITECTURES, ZOO, TinyGPTConfig
 from fleetsim.scenario import Scenario, device_profiles, load_scenario
 from fleetsim.session import DRY_RUN_EXAMPLES, training_defaults
 from fleetsim.types import SetupContext, TrainingPlan
-from policies.caff import OBJECTIVES, Caff
-from policies.lora import Lora
+from policies import create_policy
+from policies.caff import OBJECTIVES
 
 MB = 2**20
 # A plan is measured (two real steps on random tokens) only when the full plan's step
@@ -58,7 +58,8 @@ def caff_choices(scenario: Scenario) -> list[CaffChoice]:
     params = dict(scenario.policy.params) if scenario.policy.name == "caff" else {}
     choices = []
     for objective in OBJECTIVES:
-        caff = Caff(**{**params, "objective": objective, "models": list(ARCHITECTURES)})
+        caff = create_policy("caff", {**params, "objective": objective,
+                                      "models": list(ARCHITECTURES)})
         choice = caff.setup(ctx).model_name
         choices.append(CaffChoice(objective, dict(caff.scores), choice))
     return choices
@@ -112,7 +113,7 @@ def memory_plans(scenario: Scenario, measure: Measure | bool = True) -> MemoryPl
     config = ZOO[scenario.model.name].config
     t = training_defaults(scenario, 0)
     params = dict(scenario.policy.params) if scenario.policy.name == "lora" else {}
-    lora = Lora(**params).spec
+    lora = create_policy("lora", params).spec
     plans = {spec: parse_plan(spec, config, t.batch_size, t.optimizer)
              for spec in plan_specs(config.n_layer, lora.rank)}
     plans = {spec: replace(plan, lora=replace(lora, rank=plan.lora.rank)) if plan.lora

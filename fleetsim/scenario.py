@@ -7,6 +7,7 @@ raises `ConfigError`, which the CLI turns into one line and exit code 2.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -319,7 +320,6 @@ def _memory_of(scenario: Scenario, entry: FleetEntry, path: Path, index: int) ->
 def check_names(scenario: Scenario, path: Path) -> None:
     """What the schema alone cannot see: names that must exist, values that must agree."""
     from fleetsim.model import ZOO
-    from policies import registered
 
     if scenario.model.name not in ZOO:
         raise ConfigError(path, "model.name", f"unknown zoo model {scenario.model.name!r}"
@@ -327,10 +327,7 @@ def check_names(scenario: Scenario, path: Path) -> None:
     longest = min(entry.config.max_seq_len for entry in ZOO.values()) - 1
     if scenario.data.seq_len > longest:
         raise ConfigError(path, "data.seq_len", f"the zoo's models take at most {longest}")
-    policy, known = scenario.policy.name, registered()
-    if ":" not in policy and policy not in known:
-        raise ConfigError(path, "policy.name", f"unknown policy {policy!r}"
-                          f"{suggest(policy, list(known))}; registered: {', '.join(known)}")
+    check_policy(scenario, path)
     workers = scenario.workers
     if workers.device == "cuda" and workers.backend == "ray" and workers.gpus_per_host <= 0:
         raise ConfigError(path, "workers.gpus_per_host", "must be > 0 with device cuda")
@@ -338,6 +335,29 @@ def check_names(scenario: Scenario, path: Path) -> None:
         scenario.output.dir.format(name=scenario.name)
     except (KeyError, IndexError, ValueError):
         raise ConfigError(path, "output.dir", "only the placeholder {name} is known") from None
+
+
+def check_policy(scenario: Scenario, path: Path) -> None:
+    """The policy exists (a user file imports and its class has every method) and its
+    parameters fit its `Params`: checked before anything starts."""
+    from policies import policy_class, registered
+
+    policy, known = scenario.policy.name, registered()
+    if ":" not in policy and policy not in known:
+        raise ConfigError(path, "policy.name", f"unknown policy {policy!r}"
+                          f"{suggest(policy, list(known))}; registered: {', '.join(known)}")
+    try:
+        cls = policy_class(policy)
+    except LookupError as err:
+        raise ConfigError(path, "policy.name", str(err)) from None
+    params = getattr(cls, "Params", None)
+    if params is not None:
+        parse_model(params, dict(scenario.policy.params), path, "policy.params")
+        return
+    try:
+        inspect.signature(cls).bind(**scenario.policy.params)
+    except TypeError as err:
+        raise ConfigError(path, "policy.params", str(err)) from None
 
 
 def device_profiles(scenario: Scenario) -> list[DeviceProfile]:

@@ -28,6 +28,7 @@ from fleetsim.scenario import Scenario, device_profiles, scenario_to_yaml
 from fleetsim.training import scratch_state
 from fleetsim.types import (
     DeviceState,
+    LoraSpec,
     ModelInfo,
     ModelState,
     OptimizerSpec,
@@ -104,6 +105,15 @@ class Run:
         self.writer.close()
 
 
+def model_info(name: str, adapters: LoraSpec | None = None) -> ModelInfo:
+    """What policies know about a zoo model (carrying `adapters`, if any)."""
+    config = ZOO[name].config
+    groups = tuple(layer_groups(config.n_layer))
+    counts = group_param_counts(config)
+    return ModelInfo(name, config.n_layer, groups, {g: counts[g] for g in groups}, config,
+                     adapters)
+
+
 def training_defaults(scenario: Scenario, r: int) -> TrainingDefaults:
     """The scenario's training settings for round `r` (the lr follows the schedule)."""
     t = scenario.training
@@ -155,10 +165,7 @@ async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool
     if choice.adapters is not None and data is not None:
         adapters = init_adapters(config, choice.adapters, seed_of(scenario.seed, ADAPTER_STREAM))
         state = {**state, **adapters}
-    groups = tuple(layer_groups(config.n_layer))
-    counts = group_param_counts(config)
-    info = ModelInfo(choice.model_name, config.n_layer, groups, {g: counts[g] for g in groups},
-                     config, choice.adapters)
+    info = model_info(choice.model_name, choice.adapters)
     if data is None or isinstance(pool, DryPool):
         return Run(scenario, fleet, policy, info, state, pool, None, {}, Clock(),
                    start_writer(out_dir, scenario), observer, time.perf_counter())

@@ -24,7 +24,7 @@ from pydantic import Field
 from fleetsim.batch import BatchRun, single_host
 from fleetsim.errors import ConfigError
 from fleetsim.metrics import write_atomic
-from fleetsim.scenario import Scenario, apply_overrides, resolve
+from fleetsim.scenario import Scenario, apply_overrides, check_policy, resolve
 from fleetsim.strict import Strict, parse_model
 
 Setting = dict[str, str]  # key path -> value in `--set` syntax (YAML text)
@@ -94,7 +94,7 @@ def choose(accuracies: Sequence[float | None]) -> int:
 
 def apply(scenario: Scenario, setting: Mapping[str, str], source: Path) -> Scenario:
     """The scenario with `setting` applied as `--set` overrides, validated again (policy
-    params by making the policy). Budgets that `memory_of` fixed stay as they are: the
+    params against the policy's `Params`). Budgets that `memory_of` fixed stay as they are: the
     device does not change with the setting. ConfigError (naming `source` and the key
     path) on a bad key or value."""
     if not setting:
@@ -103,17 +103,8 @@ def apply(scenario: Scenario, setting: Mapping[str, str], source: Path) -> Scena
     apply_overrides(raw, setting, source)
     applied = resolve(parse_model(Scenario, raw, source), source)
     if any(key.startswith("policy.") for key in setting):
-        _check_policy(applied, source)
+        check_policy(applied, source)
     return applied
-
-
-def _check_policy(scenario: Scenario, source: Path) -> None:
-    from policies import create_policy
-
-    try:
-        create_policy(scenario.policy.name, dict(scenario.policy.params))
-    except (LookupError, TypeError, ValueError) as err:  # unknown name or bad params
-        raise ConfigError(source, "policy.params", str(err)) from None
 
 
 def on_validation(scenario: Scenario, setting: Mapping[str, str], source: Path) -> Scenario:

@@ -169,8 +169,9 @@ class RoundContext:
     model: ModelInfo
     training: TrainingDefaults
     deadline_s: float
-    previous: RoundRecord | None
+    previous: RoundRecord | None  # the previous round's record (None in the first)
     rng: np.random.Generator
+    previous_devices: tuple[DeviceRecord, ...] = ()  # its device records: who failed, why
 
 
 @dataclass(frozen=True)

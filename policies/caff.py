@@ -16,45 +16,56 @@ The candidates are `models`, by default the zoo's pretrained family
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Literal, get_args
 
 import numpy as np
+from pydantic import field_validator
 
-from fleetsim.aggregate import masked_mean
 from fleetsim.model import ARCHITECTURES, ZOO, layer_groups
-from fleetsim.policy import last_blocks_plan, most_blocks
+from fleetsim.policy import Policy, PolicyParams, last_blocks_plan, most_blocks
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
-    ModelState,
     RoundContext,
     SetupContext,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
-OBJECTIVES = ("count", "fraction")
+Objective = Literal["count", "fraction"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 @register
-class Caff:
+class Caff(Policy):
     name = "caff"
 
-    def __init__(self, objective: str = "count", budget_s: float | None = None,
-                 models: Sequence[str] | None = None) -> None:
-        if objective not in OBJECTIVES:
-            raise ValueError(f"caff: objective must be one of {OBJECTIVES}, not {objective!r}")
-        unknown = set(models or ()) - set(ZOO)
-        if unknown:
-            raise ValueError(f"caff: unknown zoo models {sorted(unknown)}")
-        self.objective, self.budget_s = objective, budget_s
-        self.models = tuple(models or ARCHITECTURES)
+    class Params(PolicyParams):
+        objective: Objective = "count"
+        budget_s: float | None = None  # a round's time budget (default: the deadline)
+        models: tuple[str, ...] | None = None  # the candidates (default: the family)
+
+        @field_validator("models")
+        @classmethod
+        def _known(cls, models: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            unknown = set(models or ()) - set(ZOO)
+            if unknown:
+                raise ValueError(f"unknown zoo models {sorted(unknown)}; known: "
+                                 f"{', '.join(ZOO)}")
+            return models
+
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        self.models = self.params.models or ARCHITECTURES
         self.scores: dict[str, float] = {}  # mean objective per candidate, for the record
 
     def setup(self, ctx: SetupContext) -> ModelChoice:
-        budget = self.budget_s if self.budget_s is not None else ctx.deadline_s
+        budget = self.params.budget_s if self.params.budget_s is not None \
+            else ctx.deadline_s
         # devices with the same constraints train the same blocks: plan each kind once
         kinds = [replace(d, device_id=0) for d in ctx.devices]
         for name in self.models:
@@ -64,7 +75,7 @@ class Caff:
                         for k in set(kinds)}
             blocks = [per_kind[k] for k in kinds]
             trained = np.array([-1 if n is None else n for n in blocks], dtype=float)
-            if self.objective == "fraction":
+            if self.params.objective == "fraction":
                 trained = np.where(trained < 0, -1, trained / config.n_layer)
             self.scores[name] = float(trained.mean())
         # the best mean; among equals the larger model (more parameters)
@@ -72,7 +83,8 @@ class Caff:
         return ModelChoice(model_name=best)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        budget = self.budget_s if self.budget_s is not None else ctx.deadline_s
+        budget = self.params.budget_s if self.params.budget_s is not None \
+            else ctx.deadline_s
         plans = {}
         for device in ctx.devices:
             n = most_blocks(ctx.model.config, device, ctx.training, ctx.model.groups, budget)
@@ -80,10 +92,6 @@ class Caff:
                 plans[device.device_id] = last_blocks_plan(device, ctx.training,
                                                            ctx.model.groups, n)
         return plans
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)  # per layer, over the devices that trained it
 
 
 def _size(name: str) -> int:

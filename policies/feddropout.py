@@ -7,39 +7,27 @@ server, which evaluates the full model."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from fleetsim.aggregate import masked_mean
-from fleetsim.policy import WIDTH_LEVELS, width_levels, width_plans
+from fleetsim.policy import Policy, WidthParams, width_plans
 from fleetsim.submodel import random_ids, random_slice
 from fleetsim.types import (
     DeviceId,
-    ModelChoice,
-    ModelState,
     RoundContext,
-    SetupContext,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
 
 @register
-class FederatedDropout:
+class FederatedDropout(Policy):
     name = "feddropout"
 
-    def __init__(self, widths: Sequence[float] = WIDTH_LEVELS) -> None:
-        self.widths = width_levels(self.name, widths)
-
-    def setup(self, ctx: SetupContext) -> ModelChoice:
-        return ModelChoice(ctx.model_name)
+    Params = WidthParams
+    params: WidthParams
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
         config = ctx.model.config  # the round's seeded generator, drawn in device order
-        return width_plans(ctx, self.widths,
+        return width_plans(ctx, self.params.widths,
                            lambda device, block, w: random_slice(config, w, ctx.rng),
                            lambda device, w: random_ids(w, config.n_embd, ctx.rng))
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)

@@ -7,39 +7,27 @@ model."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from fleetsim.aggregate import masked_mean
-from fleetsim.policy import WIDTH_LEVELS, width_levels, width_plans
+from fleetsim.policy import Policy, WidthParams, width_plans
 from fleetsim.submodel import rolling_ids, rolling_slice
 from fleetsim.types import (
     DeviceId,
-    ModelChoice,
-    ModelState,
     RoundContext,
-    SetupContext,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
 
 @register
-class FedRolex:
+class FedRolex(Policy):
     name = "fedrolex"
 
-    def __init__(self, widths: Sequence[float] = WIDTH_LEVELS) -> None:
-        self.widths = width_levels(self.name, widths)
-
-    def setup(self, ctx: SetupContext) -> ModelChoice:
-        return ModelChoice(ctx.model_name)
+    Params = WidthParams
+    params: WidthParams
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
         config = ctx.model.config
-        return width_plans(ctx, self.widths,
+        return width_plans(ctx, self.params.widths,
                            lambda device, block, w: rolling_slice(config, w, ctx.round),
                            lambda device, w: rolling_ids(w, config.n_embd, ctx.round))
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)

@@ -6,36 +6,36 @@ hold it and evaluates the largest width present in the fleet."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from fleetsim.aggregate import masked_mean
 from fleetsim.model import ZOO
-from fleetsim.policy import WIDTH_LEVELS, largest_width, width_levels, width_plans
+from fleetsim.policy import Policy, WidthParams, largest_width, width_plans
 from fleetsim.submodel import first_slice, uniform
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
-    ModelState,
     RoundContext,
     SetupContext,
     Slices,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
 
 @register
-class HeteroFL:
+class HeteroFL(Policy):
     name = "heterofl"
 
-    def __init__(self, widths: Sequence[float] = WIDTH_LEVELS) -> None:
-        self.widths = width_levels(self.name, widths)
+    Params = WidthParams
+    params: WidthParams
+
+    def __init__(self, params: WidthParams | None = None) -> None:
+        super().__init__(params)
         self.evaluated: Slices = ()
 
     def setup(self, ctx: SetupContext) -> ModelChoice:
         config = ZOO[ctx.model_name].config
-        present = [largest_width(config, d, ctx.training, self.widths) for d in ctx.devices]
+        present = [largest_width(config, d, ctx.training, self.params.widths) for d in ctx.devices]
         widest = max((w for w in present if w is not None), default=1.0)
         self.evaluated = uniform(config, first_slice(config, widest,
                                                      ctx.training.slice_residual))
@@ -43,11 +43,7 @@ class HeteroFL:
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
         config = ctx.model.config
-        return width_plans(ctx, self.widths, lambda device, block, w: first_slice(config, w))
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)
+        return width_plans(ctx, self.params.widths, lambda device, block, w: first_slice(config, w))
 
     def evaluated_slices(self, r: int) -> Slices:
         return self.evaluated

@@ -10,38 +10,42 @@ the memory cost CAFF's paper measures against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Literal, get_args
 
-from fleetsim.aggregate import masked_mean
-from fleetsim.policy import make_plan, within_budgets
+from pydantic import Field
+
+from fleetsim.policy import Policy, PolicyParams, make_plan, within_budgets
 from fleetsim.types import (
     DeviceId,
     LoraSpec,
     ModelChoice,
-    ModelState,
     RoundContext,
     SetupContext,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out")
+Target = Literal["q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out"]
+TARGETS: tuple[str, ...] = get_args(Target)
 
 
 @register
-class Lora:
+class Lora(Policy):
     name = "lora"
 
-    def __init__(self, rank: int = 16, targets: Sequence[str] = ("q_proj", "v_proj"),
-                 scale: int = 2, budget_s: float | None = None) -> None:
-        if rank < 1:
-            raise ValueError(f"lora: rank must be >= 1, not {rank}")
-        unknown = set(targets) - set(TARGETS)
-        if unknown or not targets:
-            raise ValueError(f"lora: targets must be among {TARGETS}, not {list(targets)}")
-        self.spec = LoraSpec(rank=rank, targets=tuple(targets), scale=scale)
-        self.budget_s = budget_s
+    class Params(PolicyParams):
+        rank: int = Field(default=16, ge=1)  # the largest; devices use powers of two below
+        targets: tuple[Target, ...] = Field(default=("q_proj", "v_proj"), min_length=1)
+        scale: int = 2  # alpha = scale * rank
+        budget_s: float | None = None  # a round's time budget (default: the deadline)
+
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        rank = self.params.rank
+        self.spec = LoraSpec(rank=rank, targets=self.params.targets, scale=self.params.scale)
         self.ranks = sorted({2**i for i in range(rank.bit_length()) if 2**i <= rank} | {rank},
                             reverse=True)
 
@@ -49,7 +53,8 @@ class Lora:
         return ModelChoice(ctx.model_name, adapters=self.spec)
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
-        budget = self.budget_s if self.budget_s is not None else ctx.deadline_s
+        budget = self.params.budget_s if self.params.budget_s is not None \
+            else ctx.deadline_s
         groups = ctx.model.groups
         plans = {}
         for device in ctx.devices:
@@ -60,7 +65,3 @@ class Lora:
                     plans[device.device_id] = plan
                     break
         return plans
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)

@@ -25,22 +25,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetsim.aggregate import masked_mean
 from fleetsim.cost import predict_peak_bytes, upload_bytes
 from fleetsim.model import ZOO, TinyGPTConfig, layer_groups
-from fleetsim.policy import make_plan
+from fleetsim.policy import Policy, PolicyParams, make_plan
 from fleetsim.submodel import first_slice
 from fleetsim.types import (
     DeviceId,
     DeviceState,
     ModelChoice,
-    ModelState,
     RoundContext,
     SetupContext,
     Slices,
     TrainingDefaults,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
@@ -135,10 +132,11 @@ def schedule(config: TinyGPTConfig, table: Sequence[tuple[float, int]], rounds: 
 
 
 @register
-class SLT:
+class SLT(Policy):
     name = "slt"
 
-    def __init__(self) -> None:
+    def __init__(self, params: PolicyParams | None = None) -> None:
+        super().__init__(params)
         self.stages: list[Stage] = []
         self.config: TinyGPTConfig | None = None
         self.slice_residual = False
@@ -179,10 +177,6 @@ class SLT:
                     plans[device.device_id] = plan
                     break
         return plans
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)
 
     def evaluated_slices(self, r: int) -> Slices:
         stage = self.stage(r)

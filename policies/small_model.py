@@ -4,26 +4,23 @@ zoo's pretrained family (fleetsim.model.ARCHITECTURES)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from fleetsim.aggregate import masked_mean
 from fleetsim.cost import group_param_counts, predict_peak_bytes
 from fleetsim.model import ARCHITECTURES, ZOO, layer_groups
-from fleetsim.policy import make_plan, plan_last_blocks
+from fleetsim.policy import Policy, make_plan, plan_last_blocks
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
-    ModelState,
     RoundContext,
     SetupContext,
     TrainingPlan,
-    Update,
 )
 from policies import register
 
 
 @register
-class SmallModel:
+class SmallModel(Policy):
     name = "small_model"
 
     def setup(self, ctx: SetupContext) -> ModelChoice:
@@ -40,7 +37,3 @@ class SmallModel:
 
     def plan_round(self, ctx: RoundContext) -> Mapping[DeviceId, TrainingPlan]:
         return plan_last_blocks(ctx, ctx.model.n_layer)  # every block: full finetuning
-
-    def aggregate(self, ctx: RoundContext, state: ModelState,
-                  updates: Sequence[Update]) -> ModelState:
-        return masked_mean(state, updates)

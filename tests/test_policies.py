@@ -11,14 +11,17 @@ from fleetsim.cost import group_param_counts, predict_peak_bytes
 from fleetsim.model import ZOO, layer_groups
 from fleetsim.types import (
     DeviceState,
+    ModelChoice,
     ModelInfo,
     OptimizerSpec,
     RoundContext,
+    SetupContext,
     TrainingDefaults,
     Update,
 )
 from policies import create_policy, registered
 
+ROOT = Path(__file__).resolve().parent.parent
 CFG = ZOO["gpt-2x64"].config
 TRAINING = TrainingDefaults(local_steps=None, local_epochs=2.0, batch_size=8, lr=0.1,
                             optimizer=OptimizerSpec("sgd", 0.9), seq_len=32)
@@ -62,11 +65,84 @@ def test_fedavg_aggregates_by_examples() -> None:
     assert state["w"].sum() == 0
 
 
-def test_user_policy_file(tmp_path: Path) -> None:
+MINIMAL = """
+from pydantic import Field
+from fleetsim.policy import Policy, PolicyParams, plan_last_blocks
+
+class Mine(Policy):
+    name = "mine"
+
+    class Params(PolicyParams):
+        k: int = Field(default=1, ge=0)
+
+    def plan_round(self, ctx):
+        return plan_last_blocks(ctx, self.params.k)
+"""
+
+
+def test_a_minimal_user_policy_writes_only_plan_round(tmp_path: Path) -> None:
     source = tmp_path / "mine.py"
-    source.write_text("class Mine:\n    name = 'mine'\n    def __init__(self, k=1):\n"
-                      "        self.k = k\n")
-    policy = create_policy(f"{source}:Mine", {"k": 3})
-    assert policy.k == 3
-    with pytest.raises(LookupError, match="no class"):
-        create_policy(f"{source}:Other", {})
+    source.write_text(MINIMAL)
+    policy = create_policy(f"{source}:Mine", {"k": 2})
+    assert policy.params.k == 2
+    ctx = context((device(0, 1 << 30), device(1, 1 << 30)))
+    assert policy.setup(SetupContext(ctx.devices, "gpt-2x64", TRAINING, 600.0, 5)) \
+        == ModelChoice("gpt-2x64")  # the scenario's model by default
+    update = Update(0, 1.0, {"w": np.ones(2, np.float32)})
+    new = policy.aggregate(ctx, {"w": np.zeros(2, np.float32)}, [update])
+    np.testing.assert_allclose(new["w"], [1, 1])  # the masked mean by default
+    assert set(policy.plan_round(ctx)) == {0, 1}
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        create_policy(f"{source}:Mine", {"k": -1})
+
+
+def test_a_duck_typed_user_policy_gets_its_params_as_keywords(tmp_path: Path) -> None:
+    source = tmp_path / "duck.py"
+    source.write_text("class Duck:\n    name = 'duck'\n    def __init__(self, k=1):\n"
+                      "        self.k = k\n    def setup(self, ctx): ...\n"
+                      "    def plan_round(self, ctx): ...\n"
+                      "    def aggregate(self, ctx, state, updates): ...\n")
+    assert create_policy(f"{source}:Duck", {"k": 3}).k == 3
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        create_policy(f"{source}:Duck", {"kk": 3})
+
+
+BAD_POLICIES = [  # file text, class, what the one line says
+    ("class Mine(:\n", "Mine", "syntax error at line 1"),
+    ("import not_a_module_here\n", "Mine", "ModuleNotFoundError: No module named"),
+    ("raise RuntimeError('boom\\nsecond line')\n", "Mine", "RuntimeError: boom second line"),
+    (MINIMAL, "Other", "has no class 'Other' (it defines: Mine)"),
+    ("class Mine:\n    def plan_round(self, ctx): ...\n", "Mine", "lacks setup, aggregate"),
+]
+
+
+@pytest.mark.parametrize(("text", "cls", "said"), BAD_POLICIES)
+def test_a_bad_policy_file_is_one_line_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture, text: str, cls: str, said: str) -> None:
+    from fleetsim.cli import main
+
+    source = tmp_path / "bad.py"
+    source.write_text(text)
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text((ROOT / "scenarios" / "smoke.yaml").read_text().replace(
+        "name: fedavg", f"name: {source}:{cls}"))
+    out = tmp_path / "out"
+    for args in (["validate", str(scenario)], ["run", str(scenario), "--out", str(out)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "policy.name" in err[0] and said in err[0], err
+    assert not out.exists()  # refused before data, hosts or the run directory
+
+
+def test_a_misspelt_or_mistyped_param_is_refused_at_validation(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fleetsim.cli import main
+
+    scenario = tmp_path / "scenario.yaml"
+    smoke = (ROOT / "scenarios" / "smoke.yaml").read_text()
+    scenario.write_text(smoke.replace("name: fedavg", "name: lora\n  params: {rnak: 4}"))
+    assert main(["validate", str(scenario)]) == 2
+    assert "policy.params.rnak: unknown key (did you mean 'rank'?)" in capsys.readouterr().err
+    scenario.write_text(smoke.replace("name: fedavg", "name: lora\n  params: {rank: four}"))
+    assert main(["validate", str(scenario)]) == 2
+    assert "policy.params.rank: " in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_settings_apply_policy_params_and_check_them() -> None:
     assert on_validation(lora, {}, SMOKE).eval.split == "validation"
     with pytest.raises(ConfigError, match=r"training\.lrr: unknown key \(did you mean 'lr'"):
         apply(lora, {"training.lrr": "0.1"}, SMOKE)
-    with pytest.raises(ConfigError, match="policy.params: lora: rank must be >= 1"):
+    with pytest.raises(ConfigError, match="policy.params.rank: Input should be greater than"):
         apply(lora, {"policy.params.rank": "0"}, SMOKE)
 
 
