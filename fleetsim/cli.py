@@ -7,21 +7,19 @@ traceback); 1 internal failure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fleetsim import PROJECT_ROOT
 from fleetsim.errors import ConfigError, FleetsimError
 from fleetsim.types import OptimizerSpec
 
 if TYPE_CHECKING:
-    from fleetsim.scenario import Scenario
+    from fleetsim.api import Progress
 
 DEFAULT_SCENARIO = PROJECT_ROOT / "scenarios" / "default.yaml"
 OPTIMIZERS = {"sgd": OptimizerSpec("sgd"), "momentum": OptimizerSpec("sgd", momentum=0.9),
@@ -151,12 +149,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetsim.scenario import load_scenario
+    from fleetsim.api import run
 
-    scenario = load_scenario(args.scenario, _overrides(args))
-    out_dir = _output_dir(args.out, scenario.output.dir, scenario.name)
-    _run_one(scenario, args, out_dir)
+    run(args.scenario, out=args.out, progress=_progress(args), dry_run=args.dry_run,
+        settings=_overrides(args))
     return 0
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    """The live view in a terminal, plain lines elsewhere (logs) or with --no-live."""
+    return "live" if not args.no_live and sys.stdout.isatty() else "lines"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -171,52 +173,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from fleetsim.checkpoint import load_checkpoint
-    from fleetsim.scenario import load_scenario
+    from fleetsim.api import is_complete, resume
 
     out_dir = Path(args.dir)
-    scenario = load_scenario(out_dir / "scenario.yaml")
-    ckpt = load_checkpoint(out_dir)
-    if ckpt is None:
-        raise ConfigError(out_dir, "checkpoint", "no checkpoint: the run did not finish a "
-                          "round; start it again with fleetsim run")
-    if ckpt.round == scenario.rounds - 1 and (out_dir / "summary.json").is_file():
-        print(f"{out_dir}: the run is complete ({scenario.rounds} rounds)")
-        return 0
-    args.scenario = str(out_dir / "scenario.yaml")
-    _run_one(scenario, args, out_dir, resume=True)
+    was_complete = is_complete(out_dir)
+    result = resume(out_dir, progress=_progress(args))
+    if was_complete:
+        print(f"{out_dir}: the run is complete ({len(result.rounds)} rounds)")
     return 0
-
-
-def _run_one(scenario: Scenario, args: argparse.Namespace, out_dir: Path,
-             resume: bool = False) -> None:
-    """Run one scenario into `out_dir`, live in a terminal, plain lines elsewhere."""
-    dry_run = getattr(args, "dry_run", False)
-    hosts = None if dry_run else _launch_hosts_while_importing(scenario)
-    from fleetsim.engine import run_scenario
-    from fleetsim.monitor import make_observer
-    from fleetsim.session import RunSetup
-
-    live = not args.no_live and sys.stdout.isatty()
-    setup = RunSetup(scenario, Path(args.scenario), dry_run, hosts)
-    with make_observer(live, out_dir, scenario.output.tensorboard) as observer:
-        asyncio.run(run_scenario(setup, out_dir, observer, resume))
-
-
-def _launch_hosts_while_importing(scenario: Scenario) -> Any:
-    """Ray's start and the hosts' own imports (seconds, in their processes) overlap the
-    engine's imports here (torch, transformers: seconds too), which a thread does: Ray
-    must start on the main thread."""
-    import threading
-    from importlib import import_module
-
-    from fleetsim.cluster import launch_hosts
-
-    imports = threading.Thread(target=import_module, args=("fleetsim.engine",), daemon=True)
-    imports.start()
-    hosts = launch_hosts(scenario)
-    imports.join()
-    return hosts
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
@@ -251,6 +215,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     the table and the choice (see fleetsim.tuning)."""
     import json
 
+    from fleetsim.api import output_dir
     from fleetsim.batch import default_jobs, run_batch
     from fleetsim.compare import with_policy
     from fleetsim.dashboard import fmt
@@ -279,8 +244,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     scenario = with_policy(load_scenario(source, {k: v for k, v in overrides.items()
                                                   if k not in params}), args.policy)
     scenario = apply(scenario, params, source)
-    out_dir = _output_dir(args.out, scenario.output.dir, f"{scenario.name}-tune",
-                          marker=TUNE_FILE)
+    out_dir = output_dir(args.out, scenario.output.dir, f"{scenario.name}-tune",
+                         marker=TUNE_FILE)
     trials = trial_runs(scenario, source, grid, out_dir)  # every setting checked first
     settings = {run.out_dir: setting for setting, run in trials}
     run_batch([run for _, run in trials], jobs, lambda run, outcome: print(
@@ -297,55 +262,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fleetsim.compare import markdown_table, rows_of, with_policy, write_comparison
-    from fleetsim.metrics import load_run
-    from fleetsim.report import plot_runs
-    from fleetsim.scenario import load_scenario
-    from policies import registered
+    from fleetsim.api import compare
+    from fleetsim.compare import markdown_table
 
-    scenario = load_scenario(args.scenario, _overrides(args))
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    known = registered()
-    for name in names:
-        if name not in known and ":" not in name:
-            raise ConfigError("fleetsim compare", "--policies", f"unknown policy {name!r}; "
-                              f"registered: {', '.join(known)}")
-    out_dir = _output_dir(args.out, scenario.output.dir, f"{scenario.name}-compare",
-                          marker="comparison.csv")
-    run_dirs = []
-    for name in names:
-        run_dir = out_dir / name.replace("/", "_").replace(":", "_")
-        _run_one(with_policy(scenario, name), args, run_dir)
-        run_dirs.append((name, run_dir))
-    runs = [load_run(d, name) for name, d in run_dirs]  # each run's files read once
-    rows = rows_of(runs)
-    write_comparison(out_dir, rows)
-    figure = plot_runs(runs, out_dir / "comparison.png")
-    print(markdown_table(rows), end="")
-    print(f"comparison written to {out_dir}/comparison.csv, comparison.md and {figure.name}")
+    comparison = compare(args.scenario, names, out=args.out, progress=_progress(args),
+                         settings=_overrides(args))
+    print(markdown_table(comparison.rows), end="")
+    print(f"comparison written to {comparison.dir}/comparison.csv, comparison.md and "
+          "comparison.png")
     return 0
-
-
-def _output_dir(flag: str | None, pattern: str, name: str,
-                marker: str = "rounds.jsonl") -> Path:
-    """The run's output directory, created now, before any work: a bad one costs nothing.
-    An explicit --out must not hold a run already; the default is a fresh folder."""
-    if flag is None:
-        base = Path(pattern.format(name=name)) / time.strftime("%Y%m%d-%H%M%S")
-        out, n = base, 1
-        while out.exists():  # two runs started in the same second
-            out, n = base.with_name(f"{base.name}-{n}"), n + 1
-    else:
-        out = Path(flag)
-        if (out / marker).exists():
-            raise ConfigError(out, "--out", "already holds a run; choose another directory "
-                              "(nothing was overwritten)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(out, "--out", f"cannot create the directory: {err.strerror}") \
-            from None
-    return out
 
 
 def cmd_cost(args: argparse.Namespace) -> int:

@@ -90,18 +90,62 @@ class LiveObserver(PlainObserver):
 
 
 @contextmanager
-def make_observer(live: bool, out_dir: Path, tensorboard: bool = False) -> Iterator[Any]:
-    """The live view in a terminal (plain lines elsewhere), plus TensorBoard if asked."""
+def make_observer(view: str, out_dir: Path, tensorboard: bool = False) -> Iterator[Any]:
+    """The run watched as `view` says: "live" (the dashboard), "bar" (a progress bar),
+    "lines" (one plain line per round) or "none"; plus TensorBoard if asked."""
     extra = []
     if tensorboard:
         from fleetsim.export import TensorBoardObserver
 
         extra.append(TensorBoardObserver(out_dir))
-    if not live:
-        yield FanOut([PlainObserver(out_dir), *extra])
-        return
-    with Live(render(RunView()), console=Console(), auto_refresh=False) as display:
-        yield FanOut([LiveObserver(out_dir, display), *extra])
+    if view == "live":
+        with Live(render(RunView()), console=Console(), auto_refresh=False) as display:
+            yield FanOut([LiveObserver(out_dir, display), *extra])
+    elif view == "bar":
+        with ProgressBar(out_dir) as bar:
+            yield FanOut([bar, *extra])
+    else:
+        yield FanOut([*([PlainObserver(out_dir)] if view == "lines" else []), *extra])
+
+
+class ProgressBar(PlainObserver):
+    """A progress bar over the rounds with the latest accuracy (where no terminal shows
+    the dashboard: notebooks, logs of scripts); the final line as PlainObserver's."""
+
+    def __init__(self, out_dir: Path) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        super().__init__(out_dir)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
+        self.task = self.progress.add_task("starting", total=None, status="")
+
+    def __enter__(self) -> ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_pretrain(self, step: int, total: int, loss: float) -> None:
+        self.progress.update(self.task, description="pretraining", completed=step,
+                             total=total, status=f"loss {loss:.3f}")
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        done = info.get("resumed_after_round")
+        self.progress.update(self.task, description=f"{info['scenario']} ({info['policy']})",
+                             completed=0 if done is None else done + 1, total=info["rounds"],
+                             status=f"accuracy {fmt(info['initial_accuracy'])}")
+
+    def on_round(self, record: RoundRecord, devices: Sequence[DeviceRecord]) -> None:
+        status = self.progress.tasks[0].fields["status"]
+        if record.accuracy is not None:
+            status = f"accuracy {fmt(record.accuracy)}"
+        self.progress.update(self.task, completed=record.round + 1, status=status)
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        self.progress.stop()
+        super().on_finish(summary)
 
 
 class FanOut:

@@ -1,0 +1,85 @@
+"""The Python API: a scenario as a file, a dict or an object; keyword overrides; the
+records as plain values and DataFrames; a run from inside a running event loop (on the
+Ray backend); the example script and the README's example as written; bad input as one
+ConfigError naming the key."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fleetsim
+from fleetsim.errors import ConfigError
+from fleetsim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "scenarios" / "smoke.yaml"
+TINY = {"rounds": 1, "training__local_steps": 2, "eval__max_samples": 32}
+
+
+def test_a_dict_scenario_with_overrides_gives_plain_records(tmp_path: Path) -> None:
+    raw = {"name": "from-dict", "rounds": 3, "model": {"name": "gpt-2x64"},
+           "fleet": [{"class": "phone_mid", "count": 3}],
+           "selection": {"devices_per_round": 2}, "workers": {"backend": "local"}}
+    result = fleetsim.run(raw, out=tmp_path / "run", progress="none", **TINY)
+    assert result.dir == tmp_path / "run" and len(result.rounds) == 1  # rounds overridden
+    assert result.summary["scenario"] == "from-dict"
+    assert [d["round"] for d in result.devices] == [0, 0]
+    assert load_scenario(tmp_path / "run" / "scenario.yaml").training.local_steps == 2
+    frame = result.to_pandas("devices")
+    assert list(frame["status"]) == [d["status"] for d in result.devices]
+    assert fleetsim.load_run(result.dir).summary == result.summary
+
+
+def test_a_loaded_scenario_runs_with_a_progress_bar(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    scenario = load_scenario(SMOKE, {"workers.backend": "local"})
+    result = fleetsim.run(scenario, out=tmp_path / "run", progress="bar", **TINY)
+    printed = capsys.readouterr().out
+    assert "1/1" in printed and "done: accuracy" in printed
+    assert result.summary["rounds_completed"] == 1
+
+
+@pytest.mark.asyncio
+async def test_run_inside_a_running_event_loop_on_ray(tmp_path: Path, ray_session: None
+                                                      ) -> None:
+    asyncio.get_running_loop()  # as in a notebook: a loop runs in this thread
+    result = fleetsim.run(SMOKE, out=tmp_path / "run", progress="none", workers__count=2,
+                          **TINY)
+    assert {d["host"].split("/")[1] for d in result.devices if d["status"] == "ok"} \
+        <= {"host0", "host1"}
+    assert result.summary["final_accuracy"] is not None
+
+
+def test_bad_input_is_one_config_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"<dict>: rounds: required key is missing"):
+        fleetsim.run({"fleet": [{"class": "phone_mid", "count": 1}]}, out=tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"training\.lrr: unknown key \(did you mean 'lr'"):
+        fleetsim.run(SMOKE, out=tmp_path / "b", training__lrr=0.1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_example_script_runs(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "compare_policies.py"),
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("fedavg: ") and "in 2 rounds" in lines[0]
+    assert [line.split(":")[0] for line in lines[1:3]] == ["head_only", "lora"]
+    assert (tmp_path / "compare" / "comparison.csv").is_file()
+
+
+def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python API")[1].split("\n## ")[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(ROOT)
+    code = code.replace('out="runs/api-example"', f'out="{tmp_path / "api"}"')
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert (tmp_path / "api" / "summary.json").is_file()
