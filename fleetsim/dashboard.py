@@ -73,20 +73,38 @@ def round_events(record: RoundRecord, devices: Sequence[DeviceRecord],
 
 
 def render(view: RunView, last: int = 8) -> Group:
-    """The dashboard as a rich renderable."""
-    parts: list[Any] = [_header(view)]
+    """The dashboard as a rich renderable: a framed, titled panel per part."""
+    run = [_header(view)]
     if view.pretrain and not view.rounds:
         step, steps, loss = view.pretrain
-        parts.append(Text(f"pretraining {step}/{steps}  loss {loss:.3f}"))
+        run.append(Text(f"pretraining {step}/{steps}  loss {loss:.3f}"))
     total = view.info.get("rounds", 0)
-    parts.append(ProgressBar(total=max(total, 1), completed=len(view.rounds), width=60))
-    parts.append(_charts(view))
-    parts.append(_round_table(view.rounds[-last:]))
+    bar = Table.grid()  # a row of its own: a bare ProgressBar ends without a line break
+    bar.add_row(ProgressBar(total=max(total, 1), completed=len(view.rounds), width=60))
+    parts = [_panel(Group(*run, bar), f"fleetsim: {view.info.get('scenario', '?')}"),
+             _panel(_charts(view), "learning"),
+             _panel(_round_table(view.rounds[-last:]), f"last {last} rounds")]
     if view.rounds:
-        parts.append(_class_table(view.rounds[-1], view.devices))
+        parts.append(_panel(_class_table(view.rounds[-1], view.devices),
+                            f"device classes, round {view.rounds[-1].round}"))
     if view.events:
-        parts.append(Panel("\n".join(view.events), title="events", title_align="left"))
+        parts.append(_panel(Text("\n".join(view.events)), "events"))
     return Group(*parts)
+
+
+def rounds_that_fit(view: RunView, height: int, most: int = 8) -> int:
+    """How many of the last rounds the round panel can list in a terminal `height` rows
+    high, beside everything else (at least 1)."""
+    classes = len({*(view.rounds[-1].online_by_class if view.rounds else {}),
+                   *(d.device_class for d in view.devices)})
+    fixed = (5 + bool(view.pretrain and not view.rounds)  # run panel
+             + 4 + 3  # learning, the round panel's frame and header
+             + (3 + classes if view.rounds else 0) + (2 + len(view.events) if view.events else 0))
+    return max(1, min(most, height - fixed - 1))
+
+
+def _panel(body: Any, title: str) -> Panel:
+    return Panel(body, title=title, title_align="left", expand=True)
 
 
 def _header(view: RunView) -> Text:
@@ -96,7 +114,7 @@ def _header(view: RunView) -> Text:
     sim = view.rounds[-1].sim_time_s if view.rounds else 0.0
     eta = f"{wall / done * (total - done):,.0f} s" if done else "-"
     return Text.assemble(
-        (f"{info.get('scenario', '?')}", "bold"), f"  policy {info.get('policy', '?')}",
+        f"policy {info.get('policy', '?')}",
         f"  model {info.get('model', '?')}  devices {info.get('devices', '?')}",
         f"  hosts {info.get('hosts', '?')}\n",
         f"round {done}/{total}  simulated {sim:,.0f} s  wall {wall:,.0f} s  ETA {eta}  "
@@ -135,6 +153,8 @@ def _round_table(rounds: Sequence[RoundRecord]) -> Table:
     table = Table("round", "sim s", "online", "sel", "ok", "strag", "offl", "oom", "fail",
                   "skip", "MB up", "MB down", "train loss", "accuracy", box=None,
                   pad_edge=False)
+    for column in table.columns:  # a narrow terminal cuts the table, never wraps a title
+        column.no_wrap = True
     for r in rounds:
         table.add_row(str(r.round), f"{r.sim_time_s:,.0f}", str(r.online), str(r.selected),
                       str(r.completed), str(r.stragglers), str(r.offline), str(r.oom),
@@ -146,7 +166,6 @@ def _round_table(rounds: Sequence[RoundRecord]) -> Table:
 def _class_table(record: RoundRecord, devices: Sequence[DeviceRecord]) -> Table:
     """The last round, class by class."""
     table = Table("class", "online", "sel", "ok", "memory (max used / cap)", "trained",
-                  title=f"device classes, round {record.round}", title_justify="left",
                   box=None, pad_edge=False)
     classes = sorted({*record.online_by_class, *(d.device_class for d in devices)})
     for name in classes:

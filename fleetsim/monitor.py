@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from fleetsim.dashboard import RunView, fmt, render
+from fleetsim.dashboard import RunView, fmt, render, rounds_that_fit
 from fleetsim.types import DeviceRecord, RoundRecord
 
 
@@ -68,7 +68,8 @@ class LiveObserver(PlainObserver):
     def _refresh(self, force: bool = False) -> None:
         now = time.perf_counter()
         if force or now - self.drawn_at >= self.MIN_REDRAW_S:
-            self.live.update(render(self.view), refresh=True)
+            last = rounds_that_fit(self.view, self.live.console.size.height)
+            self.live.update(render(self.view, last), refresh=True)
             self.drawn_at = now
 
     def on_pretrain(self, step: int, total: int, loss: float) -> None:

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from fleetsim.dashboard import RunView, render, sparkline
+from fleetsim.dashboard import RunView, render, rounds_that_fit, sparkline
 from fleetsim.monitor import PlainObserver, round_line
 from fleetsim.types import DeviceRecord, RoundRecord
 
@@ -19,10 +19,11 @@ def record(r: int, accuracy: float | None) -> RoundRecord:
                        online_by_class={"phone_low": 25 - 10 * (r == 3), "rpi4": 15})
 
 
-def text_of(view: RunView) -> str:
-    console = Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(render(view))
-    return console.file.getvalue()
+def text_of(view: RunView, width: int = 120, last: int = 8) -> str:
+    """The dashboard as text, the panels' side frames taken off each line."""
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(render(view, last))
+    return "\n".join(line.strip("│ ") for line in console.file.getvalue().splitlines())
 
 
 def test_view_shows_header_progress_and_last_rounds() -> None:
@@ -30,11 +31,36 @@ def test_view_shows_header_progress_and_last_rounds() -> None:
                          "rounds": 20, "devices": 60, "hosts": 2})
     view.rounds = [record(r, 0.4 + r / 100 if r % 5 == 4 else None) for r in range(12)]
     text = text_of(view)
-    assert "demo" in text and "policy fedavg" in text and "round 12/20" in text
+    assert "fleetsim: demo" in text and "policy fedavg" in text and "round 12/20" in text
     assert "accuracy 0.4900" in text  # the latest evaluation (round 9)
     rows = [line.split()[0] for line in text.splitlines() if line.split()[:1] != []
             and line.split()[0].isdigit()]
     assert rows == [str(r) for r in range(4, 12)]  # the last 8 rounds
+
+
+def test_each_part_has_a_titled_frame_and_the_bar_a_line_of_its_own() -> None:
+    view = RunView(info={"scenario": "demo", "policy": "fedavg", "rounds": 20})
+    for r in range(3):
+        view.add_round(record(r, 0.4 + r / 100), [device(0, "rpi4", "oom", peak=20 << 20)])
+    text = text_of(view, width=100)
+    titles = [line.split("─ ")[1].split(" ─")[0] for line in text.splitlines()
+              if line.startswith("╭─ ")]
+    assert titles == ["fleetsim: demo", "learning", "last 8 rounds", "device classes, round 2",
+                      "events"]
+    bar = next(line for line in text.splitlines() if line.startswith("━"))
+    assert set(bar) <= {"━", "╺", "╸", " "}  # nothing else shares the bar's line
+    assert any(line.startswith("accuracy   ") for line in text.splitlines())
+
+
+def test_the_view_fits_the_terminal_height() -> None:
+    view = RunView(info={"scenario": "demo", "policy": "fedavg", "rounds": 20})
+    for r in range(12):
+        view.add_round(record(r, 0.4), [device(0, "phone_low", "ok"), device(1, "rpi4", "ok")])
+    for height, expected in ((24, 3), (30, 8), (50, 8), (10, 1)):
+        last = rounds_that_fit(view, height)
+        assert last == expected
+        if height in (24, 30):  # every row used but the prompt's, none more
+            assert len(text_of(view, width=100, last=last).splitlines()) == min(height - 1, 28)
 
 
 def test_view_before_the_first_round_shows_pretraining() -> None:
@@ -73,7 +99,7 @@ def test_dashboard_shows_classes_events_charts_and_eta() -> None:
     assert "r3 churn spike: online 40 -> 30" in text
     assert "r3 OOM device 0 (phone_low): 18.0 > cap 16.0 MiB" in text
     assert "r3 failed device 3 (rpi4): host lost: died" in text
-    low = next(line for line in text.splitlines() if line.startswith("phone_low"))
+    low = next(line for line in text.splitlines() if line.startswith("phone_low"))  # a row
     assert "15" in low and "LoRA rank 8" in low and "12.0/16.0 MiB" in low
     rpi = next(line for line in text.splitlines() if line.startswith("rpi4"))
     assert "1.0 blocks" in rpi
