@@ -22,8 +22,8 @@ RAY_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": Fals
 def launch_hosts(scenario: Scenario) -> HostPool:
     """Start a scenario's hosts: one in-process host, or Ray actors (by default one per
     CPU of the cluster; more hosts than CPUs share them rather than wait for one)."""
-    from fleetsim.fleet import MIB
     from fleetsim.scenario import device_profiles
+    from fleetsim.types import MIB
 
     workers = scenario.workers
     largest_cap = max(p.memory_mb for p in device_profiles(scenario)) * MIB

@@ -12,6 +12,7 @@ from typing import Any
 
 from fleetsim.metrics import RunData, load_run, write_atomic
 from fleetsim.scenario import PolicyConfig, Scenario
+from fleetsim.types import MIB
 
 COLUMNS = ("policy", "model", "final_accuracy", "accuracy_at_common_time", "common_time_s",
            "peak_mem_max_mb", "peak_mem_mean_mb", "mem_cap_mean_mb", "mb_up", "mb_down",
@@ -47,15 +48,14 @@ def _row(name: str, summary: dict[str, Any], rounds: list[dict[str, Any]],
     peaks = [d["peak_mem_bytes"] for d in ok]
     reached = [r["accuracy"] for r in rounds
                if r["accuracy"] is not None and r["sim_time_s"] <= common_s]
-    mib = 1 << 20
     return {
         "policy": name, "model": summary["model"],
         "final_accuracy": summary["final_accuracy"],
         "accuracy_at_common_time": reached[-1] if reached else summary["initial_accuracy"],
         "common_time_s": common_s,
-        "peak_mem_max_mb": max(peaks, default=0) / mib,
-        "peak_mem_mean_mb": sum(peaks) / len(peaks) / mib if peaks else 0.0,
-        "mem_cap_mean_mb": sum(d["mem_cap_bytes"] for d in ok) / len(ok) / mib if ok else 0.0,
+        "peak_mem_max_mb": max(peaks, default=0) / MIB,
+        "peak_mem_mean_mb": sum(peaks) / len(peaks) / MIB if peaks else 0.0,
+        "mem_cap_mean_mb": sum(d["mem_cap_bytes"] for d in ok) / len(ok) / MIB if ok else 0.0,
         "mb_up": summary["bytes_up"] / 1e6, "mb_down": summary["bytes_down"] / 1e6,
         "tflops": sum(d["flops"] for d in ok) / 1e12,
         "contributed_share": len(ok) / len(devices) if devices else 0.0,

@@ -19,10 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetsim.fairness import trained_blocks
-from fleetsim.types import DeviceRecord, RoundRecord
+from fleetsim.types import MIB, DeviceRecord, RoundRecord
 
 SPARKS = "▁▂▃▄▅▆▇█"
-MIB = 2**20
 CHURN_SPIKE = 0.8  # online devices falling below this share of the last round's
 
 

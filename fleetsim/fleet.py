@@ -24,9 +24,8 @@ from fleetsim.scenario import (
     ThrottleConfig,
     WalkConfig,
 )
-from fleetsim.types import DeviceState
+from fleetsim.types import MIB, DeviceState
 
-MIB = 1024 * 1024
 FLEET_STREAM = 5  # the fleet's random streams (see session.stream)
 
 

@@ -16,11 +16,10 @@ from fleetsim.fleet import build_fleet
 from fleetsim.model import ARCHITECTURES, ZOO, TinyGPTConfig
 from fleetsim.scenario import Scenario, device_profiles, load_scenario
 from fleetsim.session import DRY_RUN_EXAMPLES, training_defaults
-from fleetsim.types import SetupContext, TrainingPlan
+from fleetsim.types import MIB, SetupContext, TrainingPlan
 from policies import create_policy
 from policies.caff import OBJECTIVES
 
-MB = 2**20
 # A plan is measured (two real steps on random tokens) only when the full plan's step
 # costs at most this many FLOPs: gpt-4x128 at batch 32 and 80 characters is 1.4e10.
 MEASURE_MAX_FLOPS = 1.5e10
@@ -129,8 +128,8 @@ def _memory(spec: str, plan: TrainingPlan, config: TinyGPTConfig, seq_len: int,
             measure: Measure | None) -> PlanMemory:
     kind, _, arg = spec.partition(":")
     depth = int(arg) if kind == "last" else config.n_layer  # LoRA: back to the first block
-    measured = measure(config, plan, seq_len) / MB if measure else None
-    return PlanMemory(spec, depth, predict_peak_bytes(config, plan, seq_len) / MB, measured)
+    measured = measure(config, plan, seq_len) / MIB if measure else None
+    return PlanMemory(spec, depth, predict_peak_bytes(config, plan, seq_len) / MIB, measured)
 
 
 def _measured_bytes(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> int:

@@ -21,8 +21,9 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from fleetsim.metrics import RunData, load_run  # noqa: E402
+from fleetsim.types import MIB
 
-MB, MIB = 1e6, 2**20  # bytes sent in MB; memory in MiB, as device budgets are
+MB = 1e6  # bytes sent, in MB (memory is in MiB, as device budgets are)
 
 
 def class_rows(run: RunData) -> list[dict[str, Any]]:

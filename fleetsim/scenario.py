@@ -297,7 +297,7 @@ def _memory_of(scenario: Scenario, entry: FleetEntry, path: Path, index: int) ->
         return entry
     from fleetsim.cost import parse_plan, predict_peak_bytes
     from fleetsim.model import ZOO
-    from fleetsim.types import OptimizerSpec
+    from fleetsim.types import MIB, OptimizerSpec
 
     key = f"fleet[{index}].memory_of"
     if "memory_mb" in entry.overrides:
@@ -312,9 +312,9 @@ def _memory_of(scenario: Scenario, entry: FleetEntry, path: Path, index: int) ->
     except ValueError as err:
         raise ConfigError(path, key, str(err)) from None
     peak = predict_peak_bytes(config, plan, scenario.data.seq_len)
-    # bytes / 2**20 is exact in binary floating point, so the budget is the peak exactly
+    # bytes / MIB is exact in binary floating point, so the budget is the peak exactly
     return entry.model_copy(update={"memory_of": None,
-                                    "overrides": {**entry.overrides, "memory_mb": peak / 2**20}})
+                                    "overrides": {**entry.overrides, "memory_mb": peak / MIB}})
 
 
 def check_names(scenario: Scenario, path: Path) -> None:

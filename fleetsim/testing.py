@@ -20,6 +20,7 @@ import numpy as np
 from fleetsim.scenario import DEVICES_DIR, Scenario, load_device_class
 from fleetsim.session import model_info, training_defaults
 from fleetsim.types import (
+    MIB,
     DeviceRecord,
     DeviceState,
     LoraSpec,
@@ -30,7 +31,6 @@ from fleetsim.types import (
     Update,
 )
 
-MIB = 1 << 20
 Devices = Sequence[str | DeviceState]  # class names (ids in order) or devices as they are
 
 

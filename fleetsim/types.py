@@ -18,6 +18,8 @@ ModelState = Mapping[str, np.ndarray]
 Status = Literal["ok", "oom", "straggler", "offline", "failed", "skipped"]
 
 
+MIB = 1 << 20  # bytes in a MiB: device budgets and memory are given in MiB
+
 @dataclass(frozen=True)
 class DeviceState:
     """One device as it is now: its class profile plus its current constraints."""

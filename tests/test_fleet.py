@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from fleetsim.availability import Bernoulli, Markov, Trace, load_trace
-from fleetsim.fleet import MIB, Fleet, build_fleet
+from fleetsim.fleet import Fleet, build_fleet
 from fleetsim.scenario import device_profiles as profiles_of
 from fleetsim.scenario import load_scenario
+from fleetsim.types import MIB
 
 
 def test_markov_matches_its_stationary_share_and_drop_times() -> None:
