@@ -6,9 +6,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from fleetsim.workers import HostOptions, HostPool
+from fleetsim.workers import HostOptions, LocalPool, Pool, RayPool
 
 if TYPE_CHECKING:
     from fleetsim.scenario import Scenario
@@ -19,7 +20,7 @@ RAY_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": Fals
                                "logging_level": logging.WARNING}
 
 
-def launch_hosts(scenario: Scenario) -> HostPool:
+def launch_hosts(scenario: Scenario) -> Pool:
     """Start a scenario's hosts: one in-process host, or Ray actors (by default one per
     CPU of the cluster; more hosts than CPUs share them rather than wait for one)."""
     from fleetsim.scenario import device_profiles
@@ -31,7 +32,7 @@ def launch_hosts(scenario: Scenario) -> HostPool:
                           rlimit_margin_bytes=int(largest_cap + RLIMIT_HEADROOM_BYTES))
     slow = {f.host: f.delay_s for f in scenario.faults if f.kind == "slow_host"}
     if workers.backend == "local":
-        return HostPool.launch("local", 1, options, slow=slow)
+        return LocalPool(replace(options, rlimit_margin_bytes=None, delay_s=slow.get(0, 0.0)))
     import ray
 
     start_ray(workers.address)
@@ -39,7 +40,7 @@ def launch_hosts(scenario: Scenario) -> HostPool:
     count = (max(1, int(cpus // workers.threads_per_host)) if workers.count == "auto"
              else workers.count)
     cpus_per_host = min(workers.threads_per_host, cpus / count)
-    return HostPool.launch("ray", count, options, cpus_per_host, workers.gpus_per_host, slow)
+    return RayPool.launch(count, options, cpus_per_host, workers.gpus_per_host, slow)
 
 
 def start_ray(address: str | None) -> None:

@@ -35,7 +35,7 @@ from fleetsim.types import (
     SetupContext,
     TrainingDefaults,
 )
-from fleetsim.workers import DryPool, HostPool
+from fleetsim.workers import DryPool, Pool
 from policies import create_policy
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class RunSetup:
     scenario: Scenario
     source: Path  # the scenario file, for error messages
     dry_run: bool = False  # clock, fleet and planning only: no data, weights or training
-    hosts: HostPool | None = None  # launched early by the caller (else when the run starts)
+    hosts: Pool | None = None  # launched early by the caller (else when the run starts)
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Run:
     policy: Policy
     model: ModelInfo
     initial_state: ModelState
-    pool: HostPool | DryPool
+    pool: Pool
     eval_windows: Any  # the evaluation windows' parts, shared
     class_windows: dict[str, Any]  # each device class's own test windows' parts, shared
     clock: Clock
@@ -142,7 +142,7 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
         raise
 
 
-async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool | DryPool
+async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: Pool
                    ) -> Run:
     scenario = setup.scenario
     data = None if setup.dry_run else load_data(scenario, setup.source)
@@ -166,7 +166,7 @@ async def _prepare(setup: RunSetup, out_dir: Path, observer: Any, pool: HostPool
         adapters = init_adapters(config, choice.adapters, seed_of(scenario.seed, ADAPTER_STREAM))
         state = {**state, **adapters}
     info = model_info(choice.model_name, choice.adapters)
-    if data is None or isinstance(pool, DryPool):
+    if data is None:
         return Run(scenario, fleet, policy, info, state, pool, None, {}, Clock(),
                    start_writer(out_dir, scenario), observer, time.perf_counter())
     await pool.load(config, [c.train for c in data.clients])

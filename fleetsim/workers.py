@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -212,76 +212,33 @@ class AsyncDeviceHost:
         return await asyncio.to_thread(self.host.evaluate, state, windows, plan)
 
 
-class HostPool:
-    """A pool of hosts behind one asyncio interface: in-process or Ray actors."""
+class Pool(Protocol):
+    """What the engine asks of the hosts, whatever runs them."""
 
-    def __init__(self, hosts: list[Any], use_ray: bool, options: HostOptions) -> None:
-        self.hosts, self.use_ray, self.options = hosts, use_ray, options
-        self._last_shared: tuple[Any, Any] | None = None
-        self._load_args: tuple[Any, Any] = (None, None)  # what a restarted host loads again
-        self._reviving: set[asyncio.Future[None]] = set()
-        self.idle: asyncio.Queue[Any] = asyncio.Queue()  # hosts join once loaded
+    hosts: list[Any]
 
-    @classmethod
-    def launch(cls, backend: str, count: int, options: HostOptions, cpus_per_host: float = 1.0,
-               gpus_per_host: float = 0.0, slow: Mapping[int, float] = {}) -> HostPool:
-        """Start the hosts (Ray actors, or one in-process host); `load` then gives them the
-        model and data. `slow`: injected delay per job by host index."""
-        if backend == "local":  # the driver's own process: never limited
-            local = replace(options, rlimit_margin_bytes=None, delay_s=slow.get(0, 0.0))
-            return cls([], use_ray=False, options=local)
-        import ray
+    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None: ...
+    def share(self, value: Any) -> Any: ...
+    def share_parts(self, windows: np.ndarray, parts: int) -> list[Any]: ...
+    async def train_all(self, jobs: Sequence[Job], shared_state: Any) -> list[JobResult]: ...
+    async def evaluate(self, shared_state: Any, parts: Sequence[Any], plan: TrainingPlan
+                       ) -> dict[str, Any]: ...
+    def close(self) -> None: ...
 
-        # a host process that dies is restarted (its job is lost and recorded `failed`)
-        remote_host = ray.remote(num_cpus=cpus_per_host, num_gpus=gpus_per_host,
-                                 max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
-        hosts = [remote_host.remote(f"host{i}", replace(options, in_actor=True,
-                                                        delay_s=slow.get(i, 0.0)))
-                 for i in range(count)]
-        return cls(hosts, use_ray=True, options=options)
 
-    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
-        """Give every host the model configuration and the fleet's training windows (put
-        in the object store once); a host joins the idle queue once it has them."""
-        if not self.use_ray:
-            self.hosts = [DeviceHost("local", model_config, train_windows, self.options)]
-            self.idle.put_nowait(self.hosts[0])
-            return
-        import ray
+class QueuePool:
+    """What the in-process and the Ray pools share: hosts join an idle queue once they
+    are loaded; each job, and each part of an evaluation, goes to the first idle host."""
 
-        self._load_args = (model_config, ray.put(list(train_windows)))
-        await asyncio.gather(*(host.load.remote(*self._load_args) for host in self.hosts))
-        for host in self.hosts:
-            self.idle.put_nowait(host)
-
-    def share(self, value: Any) -> Any:
-        """Publish a value every host reads (the global weights) once: for Ray, in the
-        object store, from where hosts read numpy arrays zero-copy. Sharing the same
-        object again (the state evaluated, then trained on next round) reuses it."""
-        if not self.use_ray:
-            return value
-        if self._last_shared is not None and self._last_shared[0] is value:
-            return self._last_shared[1]
-        import ray
-
-        ref = ray.put(value if isinstance(value, np.ndarray) else dict(value))
-        self._last_shared = (value, ref)
-        return ref
+    def __init__(self, options: HostOptions) -> None:
+        self.options = options
+        self.hosts: list[Any] = []
+        self.idle: asyncio.Queue[Any] = asyncio.Queue()
 
     async def train_all(self, jobs: Sequence[Job], shared_state: Any) -> list[JobResult]:
         """Run every job on the first idle host; results sorted by device id."""
         results = await asyncio.gather(*(self._run(job, shared_state) for job in jobs))
         return sorted(results, key=lambda r: r.device_id)
-
-    def share_parts(self, windows: np.ndarray, parts: int) -> list[Any]:
-        """Evaluation windows cut into `parts` (a fixed number, so results do not depend
-        on the pool's size), each published once for the hosts."""
-        chunks = [c for c in np.array_split(windows, parts) if len(c)]
-        if not self.use_ray:
-            return chunks
-        import ray
-
-        return [ray.put(c) for c in chunks]
 
     async def evaluate(self, shared_state: Any, parts: Sequence[Any], plan: TrainingPlan
                        ) -> dict[str, float]:
@@ -291,9 +248,7 @@ class HostPool:
 
         async def one(part: Any) -> dict[str, float]:
             async with self._borrow() as host:
-                if self.use_ray:
-                    return await host.evaluate.remote(shared_state, part, plan)
-                return await asyncio.to_thread(host.evaluate, shared_state, part, plan)
+                return await self._evaluate_on(host, shared_state, part, plan)
 
         return accuracy_and_loss(await asyncio.gather(*(one(p) for p in parts)))
 
@@ -307,9 +262,97 @@ class HostPool:
             self.idle.put_nowait(host)
 
     async def _run(self, job: Job, shared_state: Any) -> JobResult:
-        if not self.use_ray:
-            async with self._borrow() as host:
-                return verified(await asyncio.to_thread(host.train, job, shared_state))
+        raise NotImplementedError
+
+    async def _evaluate_on(self, host: Any, shared_state: Any, part: Any, plan: TrainingPlan
+                           ) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class LocalPool(QueuePool):
+    """One host in the driver's own process (never memory-limited by RLIMIT_DATA: the
+    driver is not a device): for tests, debugging and one process per run."""
+
+    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
+        self.hosts = [DeviceHost("local", model_config, train_windows, self.options)]
+        self.idle.put_nowait(self.hosts[0])
+
+    def share(self, value: Any) -> Any:
+        return value
+
+    def share_parts(self, windows: np.ndarray, parts: int) -> list[Any]:
+        return chunks(windows, parts)
+
+    async def _run(self, job: Job, shared_state: Any) -> JobResult:
+        async with self._borrow() as host:
+            return verified(await asyncio.to_thread(host.train, job, shared_state))
+
+    async def _evaluate_on(self, host: Any, shared_state: Any, part: Any, plan: TrainingPlan
+                           ) -> dict[str, float]:
+        return await asyncio.to_thread(host.evaluate, shared_state, part, plan)
+
+    def close(self) -> None:
+        pass
+
+
+class RayPool(QueuePool):
+    """Hosts as Ray actors, one process each: the round's state and the evaluation
+    windows go through the object store once; a host process that dies is restarted."""
+
+    def __init__(self, hosts: list[Any], options: HostOptions) -> None:
+        super().__init__(options)
+        self.hosts = hosts
+        self._last_shared: tuple[Any, Any] | None = None
+        self._load_args: tuple[Any, Any] = (None, None)  # what a restarted host loads again
+        self._reviving: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    def launch(cls, count: int, options: HostOptions, cpus_per_host: float = 1.0,
+               gpus_per_host: float = 0.0, slow: Mapping[int, float] = {}) -> RayPool:
+        """Start the actors; `load` then gives them the model and data. `slow`: injected
+        delay per job by host index."""
+        import ray
+
+        # a host process that dies is restarted (its job is lost and recorded `failed`)
+        remote_host = ray.remote(num_cpus=cpus_per_host, num_gpus=gpus_per_host,
+                                 max_restarts=HOST_RESTARTS)(AsyncDeviceHost)
+        hosts = [remote_host.remote(f"host{i}", replace(options, in_actor=True,
+                                                        delay_s=slow.get(i, 0.0)))
+                 for i in range(count)]
+        return cls(hosts, options)
+
+    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
+        """Give every host the model configuration and the fleet's training windows (put
+        in the object store once); a host joins the idle queue once it has them."""
+        import ray
+
+        self._load_args = (model_config, ray.put(list(train_windows)))
+        await asyncio.gather(*(host.load.remote(*self._load_args) for host in self.hosts))
+        for host in self.hosts:
+            self.idle.put_nowait(host)
+
+    def share(self, value: Any) -> Any:
+        """Publish a value every host reads (the global weights) once, in the object
+        store, from where hosts read numpy arrays zero-copy. Sharing the same object again
+        (the state evaluated, then trained on next round) reuses it."""
+        if self._last_shared is not None and self._last_shared[0] is value:
+            return self._last_shared[1]
+        import ray
+
+        ref = ray.put(value if isinstance(value, np.ndarray) else dict(value))
+        self._last_shared = (value, ref)
+        return ref
+
+    def share_parts(self, windows: np.ndarray, parts: int) -> list[Any]:
+        import ray
+
+        return [ray.put(c) for c in chunks(windows, parts)]
+
+    async def _evaluate_on(self, host: Any, shared_state: Any, part: Any, plan: TrainingPlan
+                           ) -> dict[str, float]:
+        return await host.evaluate.remote(shared_state, part, plan)  # type: ignore[no-any-return]
+
+    async def _run(self, job: Job, shared_state: Any) -> JobResult:
         from ray.exceptions import RayActorError
 
         host = await self.idle.get()
@@ -342,11 +385,16 @@ class HostPool:
         log.error("a host did not come back; the pool goes on without it")
 
     def close(self) -> None:
-        if self.use_ray:
-            import ray
+        import ray
 
-            for host in self.hosts:
-                ray.kill(host)
+        for host in self.hosts:
+            ray.kill(host)
+
+
+def chunks(windows: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Evaluation windows cut into `parts` (a fixed number, so results do not depend on
+    the pool's size), empty parts left out."""
+    return [c for c in np.array_split(windows, parts) if len(c)]
 
 
 class DryPool:
@@ -354,6 +402,9 @@ class DryPool:
     trains (no update, nothing measured) and nothing is evaluated."""
 
     hosts: list[Any] = []
+
+    async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
+        pass
 
     def share(self, value: Any) -> Any:
         return value
