@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fleetsim.metrics import RunData
 from fleetsim.model import ARCHITECTURES
@@ -135,7 +136,9 @@ def tuning_lines(out_dir: Path, exp_name: str, labels: Sequence[str]) -> list[st
                 "settings."]
     tuned = json.loads((out_dir / exp_name / TUNING_FILE).read_text())["policies"]
     lines = ["Tuned settings: each grid ran on the suite's first seed, validation split; the "
-             "best final validation accuracy was chosen and used for every seed.", "",
+             "best final validation accuracy was chosen and used for every seed. A choice at "
+             "the edge of a numeric grid of three or more values is marked: a better value "
+             "may lie beyond it.", "",
              "| run | chosen | its validation accuracy | grid | each setting: validation "
              "accuracy |", "|---|---|---|---|---|"]
     for name in labels:
@@ -144,6 +147,8 @@ def tuning_lines(out_dir: Path, exp_name: str, labels: Sequence[str]) -> list[st
             continue
         record = tuned[name]
         choice = ", ".join(f"{key}={value}" for key, value in chosen[name].items())
+        edge = at_edge(record.get("grid", {}), chosen[name])
+        choice += f" (at the grid's edge: {', '.join(edge)})" if edge else ""
         grid = "; ".join(f"{key}: {', '.join(map(str, values))}"
                          for key, values in record.get("grid", {}).items()) or "-"
         trials = "; ".join(f"{label(t['set'])}: "
@@ -153,6 +158,21 @@ def tuning_lines(out_dir: Path, exp_name: str, labels: Sequence[str]) -> list[st
                      f"{_accuracy(record.get('choice_validation_accuracy'))} | {grid} | "
                      f"{trials} |")
     return lines
+
+
+def at_edge(grid: Mapping[str, Sequence[Any]], choice: Mapping[str, Any]) -> list[str]:
+    """The keys whose chosen value is the smallest or largest of a numeric grid of three
+    or more values."""
+    edge = []
+    for key, values in grid.items():
+        try:
+            numbers = sorted(float(v) for v in values)
+            picked = float(choice[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if len(numbers) >= 3 and picked in (numbers[0], numbers[-1]):
+            edge.append(key)
+    return edge
 
 
 def _accuracy(value: float | None) -> str:

@@ -16,6 +16,7 @@ from fleetsim.claims import write_document
 from fleetsim.compare import with_policy
 from fleetsim.cost import parse_plan, predict_peak_bytes
 from fleetsim.findings import (
+    at_edge,
     caff_lines,
     gap_lines,
     gap_shares,
@@ -204,6 +205,16 @@ def test_tuning_lines_show_the_choice_the_grid_and_each_trial(tmp_path: Path) ->
     assert "| caff | not tuned (the scenario's settings) | - | - | - |" in text
     assert "| upper_bound | not tuned (the scenario's settings) | - | - | - |" in text
     assert tuning_lines(tmp_path, "other", ["caff"])[0].startswith("Tuning: no grid applied")
+
+
+def test_a_choice_at_the_edge_of_a_grid_is_marked() -> None:
+    grid = {"training.lr": ["0.00025", "0.001", "0.004"], "policy.params.rank": [4, 16]}
+    assert at_edge(grid, {"training.lr": "0.00025", "policy.params.rank": "16"}) == \
+        ["training.lr"]  # two values: no edge to speak of
+    assert at_edge(grid, {"training.lr": "0.004", "policy.params.rank": "4"}) == \
+        ["training.lr"]
+    assert at_edge(grid, {"training.lr": "0.001", "policy.params.rank": "4"}) == []
+    assert at_edge({"optimizer": ["sgd", "adam", "adamw"]}, {"optimizer": "sgd"}) == []
 
 
 def test_run_time_sums_the_suites_runs_and_trials_only(tmp_path: Path) -> None:
