@@ -94,6 +94,10 @@ class Clock:
     def now_s(self) -> float:
         return float(self.env.now)
 
+    def restore(self, now_s: float) -> None:
+        """Go on from a checkpoint's time (between rounds no event is pending)."""
+        self.env = simpy.Environment(initial_time=now_s)
+
     def run_round(self, jobs: Sequence[ClockJob], keep: int, deadline_s: float,
                   rng: np.random.Generator) -> RoundTiming:
         """Simulate one round and advance the clock to its end."""

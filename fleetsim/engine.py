@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,12 +20,10 @@ import numpy as np
 
 from fleetsim.checkpoint import (
     Checkpoint,
-    load_checkpoint,
     output_offsets,
     save_checkpoint,
-    truncate_outputs,
 )
-from fleetsim.clock import Clock, ClockJob, RoundTiming
+from fleetsim.clock import ClockJob, RoundTiming
 from fleetsim.errors import FleetsimError
 from fleetsim.export import export_csv
 from fleetsim.fairness import fairness
@@ -39,6 +37,7 @@ from fleetsim.session import (
     Run,
     RunSetup,
     prepare_run,
+    resume_point,
     seed_of,
     stream,
     training_defaults,
@@ -46,6 +45,7 @@ from fleetsim.session import (
 from fleetsim.submodel import residual_problem
 from fleetsim.types import (
     DeviceRecord,
+    Evaluation,
     LoraSpec,
     ModelInfo,
     ModelState,
@@ -67,36 +67,21 @@ class Observer(Protocol):
     def on_finish(self, summary: dict[str, Any]) -> None: ...
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    accuracy: float | None  # None in a dry run
-    loss: float | None
-
-
 async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
                        resume: bool = False) -> dict[str, Any]:
     """Run every round of a prepared scenario (with `resume`, from the checkpoint in
     `out_dir` on); returns the summary (also written). A checkpoint follows each round."""
     run = await prepare_run(run_setup, out_dir, observer)  # imports a user policy first
     try:
-        ckpt = load_checkpoint(out_dir) if resume else None
-        if ckpt is not None:  # the writer appends: what follows the checkpoint goes
-            truncate_outputs(out_dir, ckpt.offsets)
-        devices: list[DeviceRecord] = []  # the previous round's
-        if ckpt is None:
-            state, records = run.initial_state, []
+        resumed = resume_point(run, out_dir) if resume else None
+        if resumed is None:
+            state, records, devices = run.initial_state, [], []
             initial = await evaluate(run, state, -1)
         else:
-            state, initial = ckpt.state, Evaluation(**ckpt.initial)
-            records = [RoundRecord(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
-            devices = [DeviceRecord(**row) for row in read_jsonl(out_dir / "devices.jsonl")
-                       if row["round"] == ckpt.round]
-            run.clock = Clock(ckpt.clock_s)
-            run.fleet.restore(ckpt.fleet)
-            if ckpt.policy is not None:
-                run.policy.load_state_dict(ckpt.policy)  # type: ignore[attr-defined]
+            state, initial = resumed.state, resumed.initial
+            records, devices = resumed.records, resumed.devices
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
-                           "resumed_after_round": ckpt.round if ckpt else None})
+                           "resumed_after_round": len(records) - 1 if resumed else None})
         for r in range(len(records), run.scenario.rounds):
             record, devices, state = await play_round(run, r, state,
                                                       records[-1] if records else None, devices)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetsim.checkpoint import load_checkpoint, truncate_outputs
 from fleetsim.clock import Clock
 from fleetsim.cluster import launch_hosts
 from fleetsim.cost import group_param_counts
@@ -20,18 +21,21 @@ from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
 from fleetsim.fleet import Fleet, build_fleet
 from fleetsim.lora import init_adapters
-from fleetsim.metrics import RunWriter
+from fleetsim.metrics import RunWriter, read_jsonl
 from fleetsim.model import ZOO, layer_groups
 from fleetsim.policy import Policy
 from fleetsim.pretrain import load_pretrained
 from fleetsim.scenario import Scenario, device_profiles, scenario_to_yaml
 from fleetsim.training import scratch_state
 from fleetsim.types import (
+    DeviceRecord,
     DeviceState,
+    Evaluation,
     LoraSpec,
     ModelInfo,
     ModelState,
     OptimizerSpec,
+    RoundRecord,
     SetupContext,
     TrainingDefaults,
 )
@@ -67,8 +71,11 @@ class RunSetup:
     hosts: Pool | None = None  # launched early by the caller (else when the run starts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
+    """A run's long-lived pieces, built once (`prepare_run`); the engine reads them and
+    only the stateful ones (fleet, policy, clock, pool, writer) change as rounds go."""
+
     scenario: Scenario
     fleet: Fleet
     policy: Policy
@@ -112,6 +119,34 @@ def model_info(name: str, adapters: LoraSpec | None = None) -> ModelInfo:
     counts = group_param_counts(config)
     return ModelInfo(name, config.n_layer, groups, {g: counts[g] for g in groups}, config,
                      adapters)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a resumed run goes on: the checkpoint's global state and first evaluation,
+    the rounds played and the last one's device records."""
+
+    state: ModelState
+    initial: Evaluation
+    records: list[RoundRecord]
+    devices: list[DeviceRecord]
+
+
+def resume_point(run: Run, out_dir: Path) -> Resumed | None:
+    """Bring a prepared run to its newest intact checkpoint (fleet, clock and policy
+    restored, what was written after it truncated); None if there is none."""
+    ckpt = load_checkpoint(out_dir)
+    if ckpt is None:
+        return None
+    truncate_outputs(out_dir, ckpt.offsets)  # the writer appends: what followed it goes
+    run.clock.restore(ckpt.clock_s)
+    run.fleet.restore(ckpt.fleet)
+    if ckpt.policy is not None:
+        run.policy.load_state_dict(ckpt.policy)  # type: ignore[attr-defined]
+    records = [RoundRecord(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
+    devices = [DeviceRecord(**row) for row in read_jsonl(out_dir / "devices.jsonl")
+               if row["round"] == ckpt.round]
+    return Resumed(ckpt.state, Evaluation(**ckpt.initial), records, devices)
 
 
 def training_defaults(scenario: Scenario, r: int) -> TrainingDefaults:

@@ -163,6 +163,14 @@ class ModelChoice:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """The global model's score on the evaluation windows (None in a dry run)."""
+
+    accuracy: float | None
+    loss: float | None
+
+
+@dataclass(frozen=True)
 class RoundContext:
     round: int  # 0-based
     total_rounds: int
