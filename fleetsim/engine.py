@@ -29,9 +29,7 @@ from fleetsim.export import export_csv
 from fleetsim.fairness import fairness
 from fleetsim.metrics import read_jsonl
 from fleetsim.policy import clock_job
-from fleetsim.scenario import Scenario
 from fleetsim.session import (
-    FAULT_STREAM,
     JOB_STREAMS,
     ROUND_STREAMS,
     Run,
@@ -123,9 +121,7 @@ async def play_round(run: Run, r: int, state: ModelState, previous: RoundRecord 
                                  rng=clock_rng)
     finished = sorted(timing.finished_devices.items())
     train_jobs = [Job(d, r, plans[d], _job_seed(run.scenario.seed, r, d),
-                      run.fleet.memory_during(d, now, now + t.busy_s),
-                      injected_fault(run.scenario, r, d, first=i == 0))
-                  for i, (d, t) in enumerate(finished)]
+                      run.fleet.memory_during(d, now, now + t.busy_s)) for d, t in finished]
     results = await run.pool.train_all(train_jobs, run.pool.share(state))
     updates = [res.update for res in results if res.update is not None]
     aggregated = len(updates) >= sel.min_updates
@@ -172,21 +168,6 @@ def evaluation_plan(model: ModelInfo, policy: Any, r: int) -> TrainingPlan:
 
 def _job_seed(seed: int, r: int, device_id: int) -> int:
     return seed_of(seed, JOB_STREAMS, r, device_id)
-
-
-def injected_fault(scenario: Scenario, r: int, device_id: int, first: bool) -> str:
-    """The fault the scenario injects into this job: a host crash strikes the host that
-    trains a listed round's first device; a corrupted upload strikes listed rounds, or
-    each job with its probability (drawn from the job's own stream)."""
-    for fault in scenario.faults:
-        if fault.kind == "host_crash" and first and r in fault.rounds:
-            return "crash"
-        if fault.kind == "corrupt_upload" and (r in fault.rounds or fault.probability > 0 and
-                                               np.random.default_rng(seed_of(
-                                                   scenario.seed, FAULT_STREAM, r, device_id)
-                                               ).random() < fault.probability):
-            return "corrupt"
-    return ""
 
 
 def _device_records(ctx: RoundContext, plans: Mapping[int, TrainingPlan],

@@ -19,6 +19,7 @@ from fleetsim.cluster import launch_hosts
 from fleetsim.cost import group_param_counts
 from fleetsim.data import FederatedData, NotEnoughClients, build_federated
 from fleetsim.errors import ConfigError
+from fleetsim.faults import with_faults
 from fleetsim.fleet import Fleet, build_fleet
 from fleetsim.lora import init_adapters
 from fleetsim.metrics import RunWriter, read_jsonl
@@ -45,7 +46,7 @@ from policies import create_policy
 log = logging.getLogger(__name__)
 # Every random stream of a run has its own domain, so no two can coincide.
 ROUND_STREAMS, JOB_STREAMS, EVAL_STREAM, ADAPTER_STREAM = 1, 2, 3, 4
-FAULT_STREAM = 6  # (5 is the fleet's: fleetsim.fleet.FLEET_STREAM)
+# 5 is the fleet's (fleetsim.fleet.FLEET_STREAM), 6 the faults' (fleetsim.faults)
 SCRATCH_STREAM = 7  # a from-scratch model's initial weights
 EVAL_PARTS = 8  # evaluation windows are cut into this many parts, spread over the hosts
 DRY_RUN_EXAMPLES = 64  # training windows per device in a dry run (no data is loaded)
@@ -170,6 +171,7 @@ async def prepare_run(setup: RunSetup, out_dir: Path, observer: Any) -> Run:
     scenario = setup.scenario
     # the hosts start first: their processes import torch while this one loads the rest
     pool = setup.hosts or (DryPool() if setup.dry_run else launch_hosts(scenario))
+    pool = with_faults(pool, scenario)
     try:
         return await _prepare(setup, out_dir, observer, pool)
     except BaseException:

@@ -36,7 +36,7 @@ class Job:
     plan: TrainingPlan
     seed: int
     mem_cap_bytes: int
-    fault: str = ""  # injected: "crash" (the host process dies mid-job) | "corrupt" (upload)
+    fault: str = ""  # "crash": the host process dies mid-job (fleetsim.faults injects it)
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,6 @@ class DeviceHost:
             return JobResult(job.device_id, "failed", None, None, 0, 0.0, self.host, repr(err))
         tensors, index = export_update(model, job.plan)
         update = Update(job.device_id, float(len(windows)), tensors, index, checksum(tensors))
-        if job.fault == "corrupt":
-            update = corrupted(update)
         return JobResult(job.device_id, "ok", update, loss, peak, flops, self.host)
 
     def _crash(self) -> None:
@@ -215,7 +213,8 @@ class AsyncDeviceHost:
 class Pool(Protocol):
     """What the engine asks of the hosts, whatever runs them."""
 
-    hosts: list[Any]
+    @property
+    def hosts(self) -> list[Any]: ...
 
     async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None: ...
     def share(self, value: Any) -> Any: ...
