@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fleetsim.model import TinyGPTConfig, group_of, layer_groups, sub_config
+from fleetsim.model import TinyGPTConfig, block_group, block_of, group_of, layer_groups, sub_config
 from fleetsim.submodel import first_slice, shape_of, uniform
 from fleetsim.training import first_grad_group, loss_of_step, model_for_plan, prepare_model
 from fleetsim.types import LoraSpec, OptimizerSpec, Slices, TrainingPlan
@@ -85,7 +85,7 @@ def _peak_bytes(key: tuple[int, ...], plan: TrainingPlan, seq_len: int) -> int:
     weights = FLOAT_BYTES * (sum(counts[g] for g in groups) + counts["lora"])
     trainable = FLOAT_BYTES * _trainable_params(counts, plan)
     first = first_grad_group(plan, groups)
-    frozen = [_block(g) for g in groups[:first] if g.startswith("block.")]
+    frozen = [b for b in map(block_of, groups[:first]) if b is not None]
     moments = _frozen_moments(cfg, frozen, plan.batch_size, seq_len)
     moments += _backward_moments(cfg, plan, counts, groups[first:], seq_len)
     small = 8 * plan.batch_size + 64  # the batch's row indices (int64) and a few scalars
@@ -121,15 +121,15 @@ def _backward_moments(cfg: TinyGPTConfig, plan: TrainingPlan, counts: dict[str, 
         the probabilities, the scores, v and (unless nothing before needs it) the
         residual stream, and its o_proj, LN2 and FFN weight gradients."""
     per_token = plan.batch_size * t * FLOAT_BYTES  # bytes of one float per token
-    blocks = [_block(g) for g in grad_groups if g.startswith("block.")]
-    saved_by = [_block_saved(cfg, b, plan, f"block.{b}" in plan.train, t) for b in blocks]
+    blocks = [b for b in map(block_of, grad_groups) if b is not None]
+    saved_by = [_block_saved(cfg, b, plan, block_group(b) in plan.train, t) for b in blocks]
     head_saved = 2 * cfg.head_width + cfg.vocab_size + 4
     base = 2 * per_token + (8 * t if "embed" in grad_groups else 0)  # token, position ids
     saved = base + (sum(saved_by) + head_saved) * per_token + len(blocks) * t * t  # + masks
     moments = [saved + 2 * cfg.vocab_size * per_token]  # the loss's backward
     grads = FLOAT_BYTES * counts["head"] if "head" in plan.train else 0
     for i in range(len(blocks) - 1, -1, -1):
-        b, trained = blocks[i], f"block.{blocks[i]}" in plan.train
+        b, trained = blocks[i], block_group(blocks[i]) in plan.train
         d, ffn = cfg.block_residual[b], cfg.block_units[b]
         inner, scores = cfg.block_heads[b] * cfg.head_size, cfg.block_heads[b] * t
         held = base + sum(saved_by[:i + 1]) * per_token + (i + 1) * t * t
@@ -139,7 +139,7 @@ def _backward_moments(cfg: TinyGPTConfig, plan: TrainingPlan, counts: dict[str, 
         stream = d if i > 0 or "embed" in grad_groups else 0  # the residual's gradient
         attention = 2 * scores + inner + stream - _ffn_side(cfg, b, plan, trained)
         moments.append(held + attention * per_token + grads + later)
-        grads += FLOAT_BYTES * counts[f"block.{b}"] if trained else 0
+        grads += FLOAT_BYTES * counts[block_group(b)] if trained else 0
     return moments
 
 
@@ -153,10 +153,6 @@ def _ffn_side(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bool)
     floats += d if trained or "fc_in" in targets else 0
     floats += ffn if trained or "fc_out" in targets else 0
     return floats + (inner if trained or "o_proj" in targets else 0)
-
-
-def _block(group: str) -> int:
-    return int(group.split(".")[1])
 
 
 def _block_saved(cfg: TinyGPTConfig, block: int, plan: TrainingPlan, trained: bool,

@@ -28,6 +28,7 @@ from fleetsim.errors import FleetsimError
 from fleetsim.export import export_csv
 from fleetsim.fairness import fairness
 from fleetsim.metrics import read_jsonl
+from fleetsim.model import block_group
 from fleetsim.policy import clock_job
 from fleetsim.session import (
     JOB_STREAMS,
@@ -216,7 +217,7 @@ def checked_plans(ctx: RoundContext, plans: Mapping[int, TrainingPlan]
 
 
 def _slice_problem(plan: TrainingPlan, config: Any) -> str:
-    blocks = {f"block.{b}" for b in range(config.n_layer)}
+    blocks = {block_group(b) for b in range(config.n_layer)}
     for group, part in plan.slices:
         if group not in blocks or plan.lora is not None:
             return "slices a block it cannot (LoRA plans and non-blocks cannot be sliced)"

@@ -7,11 +7,13 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fleetsim.model import block_of
+
 
 def trained_blocks(plan: str) -> int:
     """How many blocks a plan string (devices.jsonl's `plan`) trains."""
     train = plan.split(";")[0].removeprefix("train=")
-    return sum(group.startswith("block.") for group in train.split(","))
+    return sum(block_of(group) is not None for group in train.split(","))
 
 
 def fairness(devices: Sequence[Mapping[str, Any]],

@@ -83,7 +83,7 @@ def sub_config(config: TinyGPTConfig, slices: Slices) -> TinyGPTConfig:
     heads, units = list(config.block_heads), list(config.block_units)
     residual = list(config.block_residual)
     for group, part in slices:
-        block = int(group.split(".")[1])
+        block = block_number(group)
         heads[block], units[block] = len(part.heads), len(part.units)
         residual[block] = len(part.residual) or residual[block]
     return TinyGPTConfig(
@@ -178,18 +178,40 @@ class TinyGPT(PreTrainedModel):
         return CausalLMOutput(loss=loss, logits=logits)
 
 
+# Layer groups (see the module's docstring) are built and read only through these.
+EMBED, HEAD = "embed", "head"
+
+
+def block_group(i: int) -> str:
+    """The group of block `i`."""
+    return f"block.{i}"
+
+
+def block_of(group: str) -> int | None:
+    """The block number of a group; None for the embeddings and the head."""
+    return int(group.removeprefix("block.")) if group.startswith("block.") else None
+
+
+def block_number(group: str) -> int:
+    """The block number of a group that is a block (ValueError otherwise)."""
+    block = block_of(group)
+    if block is None:
+        raise ValueError(f"{group!r} is not a block")
+    return block
+
+
 def layer_groups(n_layer: int) -> list[str]:
     """The model's layer groups in forward order."""
-    return ["embed", *(f"block.{i}" for i in range(n_layer)), "head"]
+    return [EMBED, *(block_group(i) for i in range(n_layer)), HEAD]
 
 
 def group_of(param_name: str) -> str:
     """Which layer group a parameter (state-dict key) belongs to."""
     if param_name.startswith(("wte.", "wpe.")):
-        return "embed"
+        return EMBED
     if param_name.startswith("blocks."):
-        return "block." + param_name.split(".")[1]
-    return "head"
+        return block_group(int(param_name.split(".")[1]))
+    return HEAD
 
 
 @dataclass(frozen=True)

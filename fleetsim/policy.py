@@ -31,7 +31,7 @@ from pydantic import Field
 from fleetsim.aggregate import masked_mean
 from fleetsim.clock import ClockJob
 from fleetsim.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
-from fleetsim.model import layer_groups
+from fleetsim.model import block_group, block_of, layer_groups
 from fleetsim.strict import Strict
 from fleetsim.submodel import first_ids, first_slice, residual_part, uniform, with_residual
 from fleetsim.types import (
@@ -96,7 +96,7 @@ def last_blocks_plan(device: DeviceState, training: TrainingDefaults, groups: tu
                      n: int) -> TrainingPlan:
     """Train the last `n` blocks and the head; the embeddings too when `n` is every
     block (CAFF's rule). Everything before runs frozen."""
-    n_blocks = sum(g.startswith("block.") for g in groups)
+    n_blocks = sum(block_of(g) is not None for g in groups)
     trained = len(groups) if n >= n_blocks else n + 1
     return make_plan(device, training, train=groups[-trained:], frozen=groups[:-trained])
 
@@ -124,7 +124,7 @@ def most_blocks(config: Any, device: DeviceState, training: TrainingDefaults,
                 groups: tuple[str, ...], budget_s: float | None) -> int | None:
     """The largest n (trained final blocks) whose plan fits the device; None if not even
     the head alone fits. Costs grow with n, so this walks down from all blocks."""
-    n_blocks = sum(g.startswith("block.") for g in groups)
+    n_blocks = sum(block_of(g) is not None for g in groups)
     for n in range(n_blocks, -1, -1):
         plan = last_blocks_plan(device, training, groups, n)
         if within_budgets(config, plan, device, training, budget_s):
@@ -186,7 +186,7 @@ def width_plans(ctx: RoundContext, widths: Sequence[float],
         if width is None:
             continue
         kept = pick(device, width) if ctx.training.slice_residual and width < 1 else ()
-        slices = tuple((f"block.{b}", choose(device, b, width))
+        slices = tuple((block_group(b), choose(device, b, width))
                        for b in range(config.n_layer)) if width < 1 else ()
         if kept:
             slices = with_residual(slices, residual_part(kept, config.n_embd))

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fleetsim.model import TinyGPTConfig
+from fleetsim.model import TinyGPTConfig, block_group
 from fleetsim.types import Slice, Slices
 
 Index = tuple[np.ndarray | slice, ...]
@@ -68,7 +68,7 @@ def uniform(config: TinyGPTConfig, part: Slice) -> Slices:
     if len(part.heads) == config.n_head and len(part.units) == config.ffn_size \
             and not part.residual:
         return ()
-    return tuple((f"block.{b}", part) for b in range(config.n_layer))
+    return tuple((block_group(b), part) for b in range(config.n_layer))
 
 
 def with_residual(slices: Slices, channels: tuple[int, ...]) -> Slices:
@@ -87,7 +87,7 @@ def block_channels(slices: Slices, config: TinyGPTConfig) -> list[np.ndarray | N
     parts = dict(slices)
     channels: list[np.ndarray | None] = []
     for b in range(config.n_layer):
-        part = parts.get(f"block.{b}")
+        part = parts.get(block_group(b))
         channels.append(np.asarray(part.residual) if part and part.residual else None)
     return channels
 
@@ -130,7 +130,7 @@ def slice_index(name: str, slices: Slices, config: TinyGPTConfig) -> Index | Non
         return _index(None, channels[0 if parts[0] != "lm_head" else -1])
     if parts[0] == "ln_f":
         return _index(channels[-1])
-    part = dict(slices).get(f"block.{parts[1]}")
+    part = dict(slices).get(block_group(int(parts[1])))
     if part is None:
         return None
     res = channels[int(parts[1])]

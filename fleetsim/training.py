@@ -17,7 +17,17 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fleetsim.lora import adapter_index, global_key
-from fleetsim.model import TinyGPT, TinyGPTConfig, group_of, layer_groups, sub_config
+from fleetsim.model import (
+    EMBED,
+    HEAD,
+    TinyGPT,
+    TinyGPTConfig,
+    block_number,
+    block_of,
+    group_of,
+    layer_groups,
+    sub_config,
+)
 from fleetsim.submodel import Index, slice_index
 from fleetsim.types import ModelState, TrainingPlan
 
@@ -70,17 +80,17 @@ def first_grad_group(plan: TrainingPlan, groups: list[str]) -> int:
     first block when LoRA adapters sit in every block. Everything before runs no_grad."""
     starts = [groups.index(g) for g in plan.train]
     if plan.lora is not None:
-        starts += [i for i, g in enumerate(groups) if g.startswith("block.")][:1]
+        starts += [i for i, g in enumerate(groups) if block_of(g) is not None][:1]
     return min(starts, default=len(groups))
 
 
 def _run_group(model: TinyGPT, group: str, x: torch.Tensor) -> torch.Tensor:
-    if group == "embed":
+    if group == EMBED:
         pos = torch.arange(x.shape[1], device=x.device)
         return model.wte(x) + model.wpe(pos)
-    if group == "head":
+    if group == HEAD:
         return model.lm_head(model.ln_f(x))
-    return model.blocks[int(group.split(".")[1])](x)
+    return model.blocks[block_number(group)](x)
 
 
 def make_optimizer(model: TinyGPT, plan: TrainingPlan) -> torch.optim.Optimizer:

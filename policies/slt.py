@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetsim.cost import predict_peak_bytes, upload_bytes
-from fleetsim.model import ZOO, TinyGPTConfig, layer_groups
+from fleetsim.model import EMBED, ZOO, TinyGPTConfig, block_group, layer_groups
 from fleetsim.policy import Policy, PolicyParams, make_plan
 from fleetsim.submodel import first_slice
 from fleetsim.types import (
@@ -58,7 +58,7 @@ def stage_plan(config: TinyGPTConfig, device: DeviceState, training: TrainingDef
                width: float, full: int, depth: int) -> TrainingPlan:
     """Configuration (width, full, depth) as a plan for one device."""
     frozen_blocks = full - min(depth, full)
-    frozen = ("embed", *(f"block.{b}" for b in range(frozen_blocks))) if frozen_blocks else ()
+    frozen = (EMBED, *(block_group(b) for b in range(frozen_blocks))) if frozen_blocks else ()
     train = tuple(g for g in layer_groups(config.n_layer) if g not in frozen)
     slices = head_slices(config, width, full, training.slice_residual)
     return make_plan(device, training, train, frozen, slices=slices)
@@ -71,7 +71,7 @@ def head_slices(config: TinyGPTConfig, width: float, full: int, residual: bool =
     if width >= 1:
         return ()
     part = first_slice(config, width, residual)
-    return tuple((f"block.{b}", part) for b in range(full, config.n_layer))
+    return tuple((block_group(b), part) for b in range(full, config.n_layer))
 
 
 def configuration_table(config: TinyGPTConfig, weakest: DeviceState,
