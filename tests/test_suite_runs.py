@@ -154,7 +154,7 @@ experiments:
     ("{fedavg: {training.lrr: [0.1]}}", "{}", "tuning.grids.fedavg",
      "training.lrr: unknown key (did you mean 'lr'?)"),
     ("{}", "{lora: {policy.params.rank: [0]}}", "experiments[tiny].tuning.grids.lora",
-     "policy.params: lora: rank must be >= 1"),
+     "policy.params.rank: Input should be greater than or equal to 1"),
     ("{fedavgg: {training.lr: [0.1]}}", "{}", "tuning.grids", "unknown policy 'fedavgg'"),
     ("{fedavg: {training.lr: []}}", "{}", "tuning.grids.fedavg.training.lr", "no values"),
 ])
