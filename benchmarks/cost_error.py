@@ -12,10 +12,10 @@ import argparse
 
 import torch
 
-from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.model import ZOO
-from fleetsim.training import measure_step
+from fleetsim.device.cost import parse_plan, predict_peak_bytes
+from fleetsim.device.training import measure_step
 from fleetsim.types import OptimizerSpec
+from fleetsim.zoo.model import ZOO
 
 PLANS = ("full", "last:1", "last:2", "head", "lora:8", "width:0.25", "width:0.5")
 OPTIMIZERS = {"sgd": OptimizerSpec("sgd"), "momentum": OptimizerSpec("sgd", momentum=0.9),

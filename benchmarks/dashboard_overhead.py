@@ -15,8 +15,8 @@ import time
 
 from rich.console import Console
 
-from fleetsim.dashboard import RunView, render
 from fleetsim.types import DeviceRecord, RoundRecord
+from fleetsim.views.dashboard import RunView, render
 
 CLASSES = [f"class_{i}" for i in range(8)]
 

@@ -17,10 +17,10 @@ import time
 import numpy as np
 import torch
 
-from fleetsim.cost import parse_plan
-from fleetsim.memory import MemoryMeter
-from fleetsim.model import ZOO, TinyGPT
-from fleetsim.training import train_local
+from fleetsim.device.cost import parse_plan
+from fleetsim.device.memory import MemoryMeter
+from fleetsim.device.training import train_local
+from fleetsim.zoo.model import ZOO, TinyGPT
 
 
 def timed_steps(model: TinyGPT, plan, windows: np.ndarray, metered: bool) -> float:  # type: ignore[no-untyped-def]

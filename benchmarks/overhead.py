@@ -57,8 +57,8 @@ def bare_steps(steps: int, threads: int, seed: int) -> float:
     """Seconds for `steps` full-model SGD steps on the clients' windows, bare torch."""
     import torch
 
-    from fleetsim.data import build_federated
-    from fleetsim.model import ZOO, TinyGPT
+    from fleetsim.zoo.data import build_federated
+    from fleetsim.zoo.model import ZOO, TinyGPT
 
     torch.set_num_threads(threads)
     windows = np.concatenate([c.train for c in build_federated(

@@ -11,9 +11,9 @@ import argparse
 import torch
 
 from fleetsim.cli import OPTIMIZERS
-from fleetsim.cost import estimate_cost, parse_plan
-from fleetsim.model import ZOO
-from fleetsim.training import measure_step
+from fleetsim.device.cost import estimate_cost, parse_plan
+from fleetsim.device.training import measure_step
+from fleetsim.zoo.model import ZOO
 
 PLANS = ("full", "last:2", "last:1", "head", "lora:8", "lora:16")
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleetsim.engine import run_scenario
-from fleetsim.scenario import load_scenario
-from fleetsim.session import RunSetup
+from fleetsim.config.scenario import load_scenario
+from fleetsim.runtime.engine import run_scenario
+from fleetsim.runtime.session import RunSetup
 
 SCENARIO = """
 name: scale

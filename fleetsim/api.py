@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from fleetsim.errors import ConfigError
-from fleetsim.metrics import read_jsonl
+from fleetsim.views.metrics import read_jsonl
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     import pandas
 
-    from fleetsim.scenario import Scenario
+    from fleetsim.config.scenario import Scenario
 
     ScenarioLike: TypeAlias = str | Path | Mapping[str, Any] | Scenario
 
@@ -76,7 +76,7 @@ def load_run(run_dir: str | Path) -> RunResult:
     run_dir = Path(run_dir)
     if not (run_dir / "rounds.jsonl").is_file():
         raise ConfigError(run_dir, "rounds.jsonl", "not a run directory (no rounds.jsonl)")
-    from fleetsim.metrics import load_run as load
+    from fleetsim.views.metrics import load_run as load
 
     data = load(run_dir)
     return RunResult(run_dir, data.summary, data.rounds, data.devices)
@@ -97,8 +97,8 @@ def run(scenario: ScenarioLike, *, out: str | Path | None = None,
 def resume(run_dir: str | Path, *, progress: Progress | None = None) -> RunResult:
     """Continue a run from its newest intact checkpoint (a complete run is returned as
     it is); ConfigError when it has no checkpoint to go on from."""
-    from fleetsim.checkpoint import load_checkpoint
-    from fleetsim.scenario import load_scenario
+    from fleetsim.config.scenario import load_scenario
+    from fleetsim.runtime.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     source = run_dir / "scenario.yaml"
@@ -114,7 +114,7 @@ def resume(run_dir: str | Path, *, progress: Progress | None = None) -> RunResul
 
 def is_complete(run_dir: Path) -> bool:
     """The run played all its scenario's rounds and wrote its summary."""
-    from fleetsim.strict import read_yaml
+    from fleetsim.config.strict import read_yaml
 
     if not (run_dir / "summary.json").is_file():
         return False
@@ -128,10 +128,10 @@ def compare(scenario: ScenarioLike, policies: Sequence[str], *, out: str | Path 
     """Run the scenario under each policy (its own params when it is the scenario's
     policy, else none) into OUT/<policy>/ and write comparison.csv, comparison.md and
     comparison.png in `out`."""
-    from fleetsim.compare import rows_of, with_policy, write_comparison
-    from fleetsim.metrics import load_run as load
-    from fleetsim.report import plot_runs
-    from fleetsim.scenario import check_policy
+    from fleetsim.config.scenario import check_policy
+    from fleetsim.views.compare import rows_of, with_policy, write_comparison
+    from fleetsim.views.metrics import load_run as load
+    from fleetsim.views.report import plot_runs
 
     loaded, source = load_scenario_like(scenario, {**settings, **as_settings(overrides)})
     if not policies:
@@ -155,8 +155,8 @@ def load_scenario_like(scenario: ScenarioLike, settings: Mapping[str, str] = {}
                        ) -> tuple[Scenario, Path]:
     """The scenario, validated and resolved, with `settings` (`--set` text) applied, and
     the path errors name."""
-    from fleetsim.scenario import Scenario, apply_overrides, load_scenario, resolve
-    from fleetsim.strict import parse_model
+    from fleetsim.config.scenario import Scenario, apply_overrides, load_scenario, resolve
+    from fleetsim.config.strict import parse_model
 
     if isinstance(scenario, str | Path):
         return load_scenario(scenario, settings), Path(scenario)
@@ -173,7 +173,7 @@ def load_scenario_like(scenario: ScenarioLike, settings: Mapping[str, str] = {}
 
 def as_settings(overrides: Mapping[str, Any]) -> dict[str, str]:
     """Python keyword overrides as `--set` text (`training__lr=1e-4` -> training.lr)."""
-    from fleetsim.tuning import yaml_text
+    from fleetsim.suite.tuning import yaml_text
 
     return {key.replace("__", "."): yaml_text(value) for key, value in overrides.items()}
 
@@ -206,9 +206,9 @@ def play(scenario: Scenario, source: Path, out_dir: Path, progress: Progress | N
     main thread) while the engine imports, then every round, watched as `progress` says
     (default: live in a terminal, else a progress bar). Returns the summary."""
     hosts = None if dry_run else launch_hosts_while_importing(scenario)
-    from fleetsim.engine import run_scenario
-    from fleetsim.monitor import make_observer
-    from fleetsim.session import RunSetup
+    from fleetsim.runtime.engine import run_scenario
+    from fleetsim.runtime.session import RunSetup
+    from fleetsim.views.monitor import make_observer
 
     setup = RunSetup(scenario, source, dry_run, hosts)
     view = progress or ("live" if sys.stdout.isatty() else "bar")
@@ -234,9 +234,9 @@ def launch_hosts_while_importing(scenario: Scenario) -> Any:
     import threading
     from importlib import import_module
 
-    from fleetsim.cluster import launch_hosts
+    from fleetsim.runtime.cluster import launch_hosts
 
-    imports = threading.Thread(target=import_module, args=("fleetsim.engine",), daemon=True)
+    imports = threading.Thread(target=import_module, args=("fleetsim.runtime.engine",), daemon=True)
     imports.start()
     hosts = launch_hosts(scenario)
     imports.join()

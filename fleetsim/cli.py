@@ -140,7 +140,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fleetsim.scenario import load_scenario
+    from fleetsim.config.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     print(f"{args.scenario}: ok ({scenario.num_devices} devices, {scenario.rounds} rounds, "
@@ -162,7 +162,7 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fleetsim.report import report
+    from fleetsim.views.report import report
 
     out_dir = Path(args.dir)
     if not (out_dir / "rounds.jsonl").is_file():
@@ -184,8 +184,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from fleetsim.claims import write_document
-    from fleetsim.paper import DEFAULT_SUITE, run_suite
+    from fleetsim.suite.claims import write_document
+    from fleetsim.suite.paper import DEFAULT_SUITE, run_suite
 
     suite_file = Path(args.suite) if args.suite else DEFAULT_SUITE
     out_dir = Path(args.out or f"runs/paper{'-reduced' if args.reduced else ''}")
@@ -212,16 +212,13 @@ def _jobs(args: argparse.Namespace, command: str) -> int | None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run the policy's grid on the validation split; write tune.json and tune.md; print
-    the table and the choice (see fleetsim.tuning)."""
+    the table and the choice (see fleetsim.suite.tuning)."""
     import json
 
     from fleetsim.api import output_dir
-    from fleetsim.batch import default_jobs, run_batch
-    from fleetsim.compare import with_policy
-    from fleetsim.dashboard import fmt
-    from fleetsim.metrics import write_atomic
-    from fleetsim.scenario import load_scenario
-    from fleetsim.tuning import (
+    from fleetsim.config.scenario import load_scenario
+    from fleetsim.runtime.batch import default_jobs, run_batch
+    from fleetsim.suite.tuning import (
         TUNE_FILE,
         apply,
         collect,
@@ -230,6 +227,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         table,
         trial_runs,
     )
+    from fleetsim.views.compare import with_policy
+    from fleetsim.views.dashboard import fmt
+    from fleetsim.views.metrics import write_atomic
     from policies import registered
 
     source = Path(args.scenario)
@@ -263,7 +263,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fleetsim.api import compare
-    from fleetsim.compare import markdown_table
+    from fleetsim.views.compare import markdown_table
 
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     comparison = compare(args.scenario, names, out=args.out, progress=_progress(args),
@@ -279,9 +279,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     import torch
 
-    from fleetsim.cost import estimate_cost, parse_plan
-    from fleetsim.model import ZOO
-    from fleetsim.training import measure_step
+    from fleetsim.device.cost import estimate_cost, parse_plan
+    from fleetsim.device.training import measure_step
+    from fleetsim.zoo.model import ZOO
 
     if args.model not in ZOO:
         raise ConfigError("fleetsim cost", "--model", f"unknown zoo model {args.model!r}; "
@@ -310,8 +310,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from rich.progress import Progress, TaskID
 
-    from fleetsim.model import ZOO
-    from fleetsim.pretrain import is_cached, pretrain
+    from fleetsim.zoo.model import ZOO
+    from fleetsim.zoo.pretrain import is_cached, pretrain
 
     names = args.models or list(ZOO)
     for name in names:
@@ -338,9 +338,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fleetsim.cost import group_param_counts
-    from fleetsim.model import ZOO
-    from fleetsim.pretrain import pretrain_record
+    from fleetsim.device.cost import group_param_counts
+    from fleetsim.zoo.model import ZOO
+    from fleetsim.zoo.pretrain import pretrain_record
 
     table = Table("name", "blocks", "width", "heads", "parameters", "pretrained at step",
                   "sonnets loss / acc", "plays loss / acc",

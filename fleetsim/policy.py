@@ -28,12 +28,10 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
-from fleetsim.aggregate import masked_mean
-from fleetsim.clock import ClockJob
-from fleetsim.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
-from fleetsim.model import block_group, block_of, layer_groups
-from fleetsim.strict import Strict
-from fleetsim.submodel import first_ids, first_slice, residual_part, uniform, with_residual
+from fleetsim.config.strict import Strict
+from fleetsim.device.cost import download_bytes, predict_peak_bytes, step_flops, upload_bytes
+from fleetsim.device.submodel import first_ids, first_slice, residual_part, uniform, with_residual
+from fleetsim.runtime.aggregate import masked_mean
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -48,6 +46,8 @@ from fleetsim.types import (
     TrainingPlan,
     Update,
 )
+from fleetsim.world.clock import ClockJob
+from fleetsim.zoo.model import block_group, block_of, layer_groups
 
 
 class PolicyParams(Strict):

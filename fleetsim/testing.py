@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fleetsim.scenario import DEVICES_DIR, Scenario, load_device_class
-from fleetsim.session import model_info, training_defaults
+from fleetsim.config.scenario import DEVICES_DIR, Scenario, load_device_class
+from fleetsim.runtime.session import model_info, training_defaults
 from fleetsim.types import (
     MIB,
     DeviceRecord,

@@ -87,7 +87,7 @@ class TrainingPlan:
     """What one device does this round.
 
     `train` groups get gradients and are uploaded; `frozen` groups run forward only;
-    groups in neither are left out. Group names are those of `fleetsim.model.layer_groups`.
+    groups in neither are left out. Group names are those of `fleetsim.zoo.model.layer_groups`.
     With `lora`, adapters on the frozen blocks train too (and are uploaded). Blocks
     named in `slices` are held at reduced width: the device slices them out of the
     global tensors and uploads the sliced tensors with where they sit.
@@ -128,7 +128,7 @@ class ModelInfo:
     n_layer: int
     groups: tuple[str, ...]
     group_params: Mapping[str, int]  # parameters per layer group
-    config: Any  # fleetsim.model.TinyGPTConfig
+    config: Any  # fleetsim.zoo.model.TinyGPTConfig
     adapters: LoraSpec | None = None  # LoRA adapters in the global state
 
 

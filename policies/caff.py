@@ -11,7 +11,7 @@ averages each layer over the devices that trained it, weighted by their examples
 Budgets per round: memory is the device's budget; upload is uplink x `budget_s` and
 compute is FLOP rate x `budget_s`, where `budget_s` defaults to the round deadline.
 The candidates are `models`, by default the zoo's pretrained family
-(fleetsim.model.ARCHITECTURES).
+(fleetsim.zoo.model.ARCHITECTURES).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Literal, get_args
 import numpy as np
 from pydantic import field_validator
 
-from fleetsim.model import ARCHITECTURES, ZOO, layer_groups
 from fleetsim.policy import Policy, PolicyParams, last_blocks_plan, most_blocks
 from fleetsim.types import (
     DeviceId,
@@ -32,6 +31,7 @@ from fleetsim.types import (
     SetupContext,
     TrainingPlan,
 )
+from fleetsim.zoo.model import ARCHITECTURES, ZOO, layer_groups
 from policies import register
 
 Objective = Literal["count", "fraction"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from fleetsim.device.submodel import rolling_ids, rolling_slice
 from fleetsim.policy import Policy, WidthParams, width_plans
-from fleetsim.submodel import rolling_ids, rolling_slice
 from fleetsim.types import (
     DeviceId,
     RoundContext,

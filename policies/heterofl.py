@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fleetsim.model import ZOO
+from fleetsim.device.submodel import first_slice, uniform
 from fleetsim.policy import Policy, WidthParams, largest_width, width_plans
-from fleetsim.submodel import first_slice, uniform
 from fleetsim.types import (
     DeviceId,
     ModelChoice,
@@ -19,6 +18,7 @@ from fleetsim.types import (
     Slices,
     TrainingPlan,
 )
+from fleetsim.zoo.model import ZOO
 from policies import register
 
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetsim.cost import predict_peak_bytes, upload_bytes
-from fleetsim.model import EMBED, ZOO, TinyGPTConfig, block_group, layer_groups
+from fleetsim.device.cost import predict_peak_bytes, upload_bytes
+from fleetsim.device.submodel import first_slice
 from fleetsim.policy import Policy, PolicyParams, make_plan
-from fleetsim.submodel import first_slice
 from fleetsim.types import (
     DeviceId,
     DeviceState,
@@ -39,6 +38,7 @@ from fleetsim.types import (
     TrainingDefaults,
     TrainingPlan,
 )
+from fleetsim.zoo.model import EMBED, ZOO, TinyGPTConfig, block_group, layer_groups
 from policies import register
 
 STEPS = 1000  # s is searched on a grid of 1 / STEPS, as the reference does (0.001)

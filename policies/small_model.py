@@ -1,13 +1,12 @@
 """The small-model baseline: every device trains, end to end, the largest zoo model that
 the weakest device of the fleet can train (chosen once, from memory alone), among the
-zoo's pretrained family (fleetsim.model.ARCHITECTURES)."""
+zoo's pretrained family (fleetsim.zoo.model.ARCHITECTURES)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fleetsim.cost import group_param_counts, predict_peak_bytes
-from fleetsim.model import ARCHITECTURES, ZOO, layer_groups
+from fleetsim.device.cost import group_param_counts, predict_peak_bytes
 from fleetsim.policy import Policy, make_plan, plan_last_blocks
 from fleetsim.types import (
     DeviceId,
@@ -16,6 +15,7 @@ from fleetsim.types import (
     SetupContext,
     TrainingPlan,
 )
+from fleetsim.zoo.model import ARCHITECTURES, ZOO, layer_groups
 from policies import register
 
 

@@ -29,10 +29,10 @@ def ray_session() -> Iterator[None]:
 
 def run_yaml(tmp_path: Path, text: str) -> tuple[dict[str, Any], Path]:
     """Write a scenario, run it through the engine quietly; (summary, output dir)."""
-    from fleetsim.engine import run_scenario
-    from fleetsim.monitor import PlainObserver
-    from fleetsim.scenario import load_scenario
-    from fleetsim.session import RunSetup
+    from fleetsim.config.scenario import load_scenario
+    from fleetsim.runtime.engine import run_scenario
+    from fleetsim.runtime.session import RunSetup
+    from fleetsim.views.monitor import PlainObserver
 
     source, out = tmp_path / "scenario.yaml", tmp_path / "out"
     source.write_text(text)
@@ -45,7 +45,7 @@ def run_yaml(tmp_path: Path, text: str) -> tuple[dict[str, Any], Path]:
 def suite_error(tmp_path: Path, suite: str, old: str, new: str) -> Any:
     """The ConfigError that loading `suite` with `old` replaced by `new` raises."""
     from fleetsim.errors import ConfigError
-    from fleetsim.paper import load_suite
+    from fleetsim.suite.paper import load_suite
 
     path = tmp_path / "suite.yaml"
     assert old in suite

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetsim.aggregate import masked_mean
+from fleetsim.runtime.aggregate import masked_mean
 from fleetsim.types import Update
 
 SHAPE = (3, 4)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import fleetsim
+from fleetsim.config.scenario import load_scenario
 from fleetsim.errors import ConfigError
-from fleetsim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "scenarios" / "smoke.yaml"

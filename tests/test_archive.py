@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fleetsim.archive import pack_records, pack_run, unpack
-from fleetsim.batch import BatchRun
-from fleetsim.metrics import load_run
-from fleetsim.paper import finished_before
-from fleetsim.scenario import load_scenario
+from fleetsim.config.scenario import load_scenario
+from fleetsim.runtime.batch import BatchRun
+from fleetsim.suite.archive import pack_records, pack_run, unpack
+from fleetsim.suite.paper import finished_before
+from fleetsim.views.metrics import load_run
 from tests.test_claims import ROOT, fake_run
 
 SMOKE = ROOT / "scenarios" / "smoke.yaml"

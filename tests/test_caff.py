@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetsim.model import ARCHITECTURES, ZOO
 from fleetsim.types import SetupContext
+from fleetsim.zoo.model import ARCHITECTURES, ZOO
 from policies import create_policy
 from tests.test_policy_contract import FLEET, TRAINING, round_context
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim.checkpoint import from_plain, load_checkpoint, to_plain
 from fleetsim.cli import main
 from fleetsim.errors import ConfigError
-from fleetsim.metrics import read_jsonl
+from fleetsim.runtime.checkpoint import from_plain, load_checkpoint, to_plain
+from fleetsim.views.metrics import read_jsonl
 
 POLICY = Path(__file__).parent / "policies" / "alternating.py"
 SCENARIO = f"""

@@ -13,10 +13,16 @@ from typing import Any
 
 import pytest
 
-from fleetsim.claims import load_rows, write_document
-from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.model import ZOO
-from fleetsim.paper import (
+from fleetsim.config.scenario import (
+    Scenario,
+    device_profiles,
+    load_scenario,
+    resolve,
+    scenario_to_yaml,
+)
+from fleetsim.device.cost import parse_plan, predict_peak_bytes
+from fleetsim.suite.claims import load_rows, write_document
+from fleetsim.suite.paper import (
     FREE_DEADLINE_S,
     FREE_MEMORY_MB,
     ClaimSpec,
@@ -24,10 +30,10 @@ from fleetsim.paper import (
     planned_runs,
     unconstrained,
 )
-from fleetsim.scenario import Scenario, device_profiles, load_scenario, resolve, scenario_to_yaml
-from fleetsim.stats import Interval, Stat, t_975
+from fleetsim.suite.stats import Interval, Stat, t_975
+from fleetsim.suite.verdicts import NOT_TESTABLE, Evidence, Rows, check
 from fleetsim.types import OptimizerSpec
-from fleetsim.verdicts import NOT_TESTABLE, Evidence, Rows, check
+from fleetsim.zoo.model import ZOO
 from tests.conftest import suite_error
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fleetsim.clock import Clock, ClockJob
+from fleetsim.world.clock import Clock, ClockJob
 
 
 def job(device_id: int, *, down: int = 1_000_000, up: int = 500_000, flops: float = 4e9,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleetsim.metrics import read_jsonl
+from fleetsim.views.metrics import read_jsonl
 from tests.conftest import SMOKE
 from tests.test_resume import without_wall_time
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fleetsim.compare import comparison_rows, with_policy, write_comparison
-from fleetsim.scenario import load_scenario
+from fleetsim.config.scenario import load_scenario
+from fleetsim.views.compare import comparison_rows, with_policy, write_comparison
 from tests.conftest import SMOKE
 
 

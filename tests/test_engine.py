@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from fleetsim.engine import run_scenario
-from fleetsim.metrics import read_jsonl
-from fleetsim.monitor import PlainObserver
-from fleetsim.scenario import load_scenario
-from fleetsim.session import RunSetup
+from fleetsim.config.scenario import load_scenario
+from fleetsim.runtime.engine import run_scenario
+from fleetsim.runtime.session import RunSetup
+from fleetsim.views.metrics import read_jsonl
+from fleetsim.views.monitor import PlainObserver
 from tests.conftest import SMOKE, run_yaml
 
 WALL_FIELDS = {"wall_time_s"}

@@ -1,4 +1,4 @@
-"""The document's tables beyond the claims (fleetsim.findings, fleetsim.predicted): gap
+"""The document's tables beyond the claims (fleetsim.suite.findings, fleetsim.suite.predicted): gap
 shares against a small model, CAFF's architecture choice under both objectives, the
 plan-level memory comparison of CAFF and LoRA, the tuned settings and the run time, on
 hand-built runs and fake run directories. Every expected number is worked out by hand in
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim.claims import write_document
-from fleetsim.compare import with_policy
-from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.findings import (
+from fleetsim.config.scenario import Scenario, load_scenario, scenario_to_yaml
+from fleetsim.device.cost import parse_plan, predict_peak_bytes
+from fleetsim.suite.claims import write_document
+from fleetsim.suite.findings import (
     at_edge,
     caff_lines,
     gap_lines,
@@ -24,13 +24,13 @@ from fleetsim.findings import (
     run_time_lines,
     tuning_lines,
 )
-from fleetsim.metrics import RunData
-from fleetsim.model import ARCHITECTURES, ZOO, TinyGPTConfig
-from fleetsim.paper import GapSpec, load_suite, unconstrained
-from fleetsim.predicted import caff_choices, memory_plans, plan_specs, ratio_text
-from fleetsim.scenario import Scenario, load_scenario, scenario_to_yaml
-from fleetsim.tuning import Trial, grid_of, result, write_tuning
+from fleetsim.suite.paper import GapSpec, load_suite, unconstrained
+from fleetsim.suite.predicted import caff_choices, memory_plans, plan_specs, ratio_text
+from fleetsim.suite.tuning import Trial, grid_of, result, write_tuning
 from fleetsim.types import LoraSpec, OptimizerSpec, TrainingPlan
+from fleetsim.views.compare import with_policy
+from fleetsim.views.metrics import RunData
+from fleetsim.zoo.model import ARCHITECTURES, ZOO, TinyGPTConfig
 from tests.conftest import SMOKE, suite_error
 from tests.test_claims import fake_run
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim.availability import Bernoulli, Markov, Trace, load_trace
-from fleetsim.fleet import Fleet, build_fleet
-from fleetsim.scenario import device_profiles as profiles_of
-from fleetsim.scenario import load_scenario
+from fleetsim.config.scenario import device_profiles as profiles_of
+from fleetsim.config.scenario import load_scenario
 from fleetsim.types import MIB
+from fleetsim.world.availability import Bernoulli, Markov, Trace, load_trace
+from fleetsim.world.fleet import Fleet, build_fleet
 
 
 def test_markov_matches_its_stationary_share_and_drop_times() -> None:

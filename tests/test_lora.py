@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim.aggregate import masked_mean
-from fleetsim.lora import adapter_shapes, init_adapters
-from fleetsim.metrics import read_jsonl
-from fleetsim.model import ZOO, TinyGPT
-from fleetsim.training import accuracy_and_loss, model_state
+from fleetsim.device.lora import adapter_shapes, init_adapters
+from fleetsim.device.training import accuracy_and_loss, model_state
+from fleetsim.runtime.aggregate import masked_mean
+from fleetsim.runtime.workers import DeviceHost, Job
 from fleetsim.types import LoraSpec, TrainingPlan
-from fleetsim.workers import DeviceHost, Job
+from fleetsim.views.metrics import read_jsonl
+from fleetsim.zoo.model import ZOO, TinyGPT
 from policies import create_policy
 from tests.conftest import run_yaml
 
@@ -60,7 +60,7 @@ def test_a_low_rank_device_updates_its_slice_and_the_head_only() -> None:
 
 
 def test_devices_take_the_largest_rank_that_fits() -> None:
-    from fleetsim.cost import predict_peak_bytes
+    from fleetsim.device.cost import predict_peak_bytes
     from tests.test_policy_contract import round_context
 
     policy = create_policy("lora", {"rank": 16, "budget_s": 1e9})

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from fleetsim.cost import parse_plan, predict_peak_bytes
+from fleetsim.device.cost import parse_plan, predict_peak_bytes
+from fleetsim.device.memory import CudaMemoryCap, MemoryMeter
+from fleetsim.device.training import model_state
 from fleetsim.errors import DeviceOOM
-from fleetsim.memory import CudaMemoryCap, MemoryMeter
-from fleetsim.metrics import read_jsonl
-from fleetsim.model import ZOO, TinyGPT
-from fleetsim.training import model_state
+from fleetsim.runtime.workers import DeviceHost, Job
 from fleetsim.types import OptimizerSpec
-from fleetsim.workers import DeviceHost, Job
+from fleetsim.views.metrics import read_jsonl
+from fleetsim.zoo.model import ZOO, TinyGPT
 from tests.conftest import run_yaml
 
 CFG = ZOO["gpt-2x64"].config
@@ -117,7 +117,7 @@ eval: {{every: 2, max_samples: 50}}
 def test_metering_two_steps_sees_the_peak_of_every_step(spec: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Later steps repeat the second exactly, so the hosts meter only the first two."""
-    import fleetsim.training as training
+    import fleetsim.device.training as training
 
     plan = parse_plan(spec, CFG, batch_size=8, local_steps=5, lr=0.01,
                       optimizer=OptimizerSpec("adam"))
@@ -138,7 +138,7 @@ def test_rlimit_safety_net_stops_a_runaway_process() -> None:
     import subprocess
     import sys
 
-    code = ("from fleetsim.memory import limit_process_data\n"
+    code = ("from fleetsim.device.memory import limit_process_data\n"
             "import numpy as np\n"
             "assert limit_process_data(64 << 20)\n"
             "small = np.ones(8 << 20, np.uint8)\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fleetsim.model import ARCHITECTURES, ZOO, TinyGPT, group_of, layer_groups
-from fleetsim.training import loss_of_step, model_state, scratch_state
+from fleetsim.device.training import loss_of_step, model_state, scratch_state
 from fleetsim.types import TrainingPlan
+from fleetsim.zoo.model import ARCHITECTURES, ZOO, TinyGPT, group_of, layer_groups
 
 
 def test_zoo_models_differ_in_depth_and_width() -> None:
@@ -71,7 +71,7 @@ def test_group_forward_equals_model_forward() -> None:
 
 def test_frozen_prefix_gets_no_gradient() -> None:
     model = TinyGPT(ZOO["gpt-2x64"].config)
-    from fleetsim.training import prepare_model
+    from fleetsim.device.training import prepare_model
 
     plan = TrainingPlan(train=("head",), frozen=("embed", "block.0", "block.1"),
                         local_steps=1, batch_size=2, lr=0.1)

@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
-from fleetsim.dashboard import RunView, render, rounds_that_fit, sparkline
-from fleetsim.monitor import PlainObserver, round_line
 from fleetsim.types import DeviceRecord, RoundRecord
+from fleetsim.views.dashboard import RunView, render, rounds_that_fit, sparkline
+from fleetsim.views.monitor import PlainObserver, round_line
 
 
 def record(r: int, accuracy: float | None) -> RoundRecord:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim.claims import RULES
 from fleetsim.cli import main
-from fleetsim.paper import DEFAULT_SUITE, load_suite, planned_runs
+from fleetsim.suite.claims import RULES
+from fleetsim.suite.paper import DEFAULT_SUITE, load_suite, planned_runs
 
 SUITE = """
 seeds: [0, 5]

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim.cost import group_param_counts, predict_peak_bytes
-from fleetsim.model import ZOO, layer_groups
+from fleetsim.device.cost import group_param_counts, predict_peak_bytes
 from fleetsim.types import (
     DeviceState,
     ModelChoice,
@@ -19,6 +18,7 @@ from fleetsim.types import (
     TrainingDefaults,
     Update,
 )
+from fleetsim.zoo.model import ZOO, layer_groups
 from policies import create_policy, registered
 
 ROOT = Path(__file__).resolve().parent.parent

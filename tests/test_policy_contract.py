@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleetsim.cost import group_param_counts, predict_peak_bytes
-from fleetsim.model import ZOO, TinyGPT, group_of, layer_groups
-from fleetsim.training import model_state
+from fleetsim.device.cost import group_param_counts, predict_peak_bytes
+from fleetsim.device.training import model_state
 from fleetsim.types import (
     DeviceState,
     ModelInfo,
@@ -19,6 +18,7 @@ from fleetsim.types import (
     TrainingDefaults,
     Update,
 )
+from fleetsim.zoo.model import ZOO, TinyGPT, group_of, layer_groups
 from policies import create_policy, registered
 
 TRAINING = TrainingDefaults(local_steps=4, local_epochs=None, batch_size=16, lr=0.01,

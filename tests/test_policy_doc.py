@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleetsim.cli import main
-from fleetsim.metrics import read_jsonl
+from fleetsim.views.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (ROOT / "docs" / "policies.md").read_text()

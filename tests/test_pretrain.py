@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim import pretrain
-from fleetsim.model import ZOO, TinyGPT, TinyGPTConfig, ZooEntry
+from fleetsim.zoo import pretrain
+from fleetsim.zoo.model import ZOO, TinyGPT, TinyGPTConfig, ZooEntry
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleetsim.cli import main
-from fleetsim.metrics import read_jsonl
+from fleetsim.views.metrics import read_jsonl
 from tests.test_monitor import record
 
 SCENARIO = """
@@ -82,7 +82,7 @@ def test_compare_draws_every_policy(tmp_path: Path) -> None:
 def test_tensorboard_gets_each_round(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from fleetsim.export import TensorBoardObserver
+    from fleetsim.views.export import TensorBoardObserver
 
     observer = TensorBoardObserver(tmp_path)
     for r in range(3):

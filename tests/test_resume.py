@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleetsim.metrics import read_jsonl
+from fleetsim.views.metrics import read_jsonl
 
 # churn, a bandwidth walk and Federated Dropout's random sub-models: every kind of
 # state a resume must carry (policy, fleet generators, clock)

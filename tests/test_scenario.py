@@ -14,14 +14,14 @@ import yaml
 
 from fleetsim import PROJECT_ROOT
 from fleetsim.cli import main
-from fleetsim.errors import ConfigError
-from fleetsim.scenario import (
+from fleetsim.config.scenario import (
     DEVICES_DIR,
     DeviceProfile,
     device_profiles,
     load_scenario,
     scenario_to_yaml,
 )
+from fleetsim.errors import ConfigError
 
 BAD_DIR = Path(__file__).parent / "scenarios_bad"
 GOOD = [PROJECT_ROOT / "scenarios" / "smoke.yaml", PROJECT_ROOT / "scenarios" / "default.yaml"]
@@ -160,9 +160,9 @@ def test_set_override_with_invalid_yaml_value() -> None:
 
 
 def test_memory_of_is_the_predicted_peak_of_the_plan(tmp_path: Path) -> None:
-    from fleetsim.cost import parse_plan, predict_peak_bytes
-    from fleetsim.fleet import Fleet
-    from fleetsim.model import ZOO
+    from fleetsim.device.cost import parse_plan, predict_peak_bytes
+    from fleetsim.world.fleet import Fleet
+    from fleetsim.zoo.model import ZOO
 
     text = FLEET_WITH_OVERRIDE.replace("overrides: {memory_mb: 256}", 'memory_of: "width:0.25"')
     scenario = load_scenario(write(tmp_path, text))
@@ -177,9 +177,9 @@ def test_memory_of_is_the_predicted_peak_of_the_plan(tmp_path: Path) -> None:
 
 
 def test_memory_of_a_width_slices_the_residual_with_the_model(tmp_path: Path) -> None:
-    from fleetsim.cost import parse_plan, predict_peak_bytes
-    from fleetsim.fleet import Fleet
-    from fleetsim.model import ZOO
+    from fleetsim.device.cost import parse_plan, predict_peak_bytes
+    from fleetsim.world.fleet import Fleet
+    from fleetsim.zoo.model import ZOO
 
     text = FLEET_WITH_OVERRIDE.replace("overrides: {memory_mb: 256}", 'memory_of: "width:0.25"')
     budgets = []

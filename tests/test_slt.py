@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetsim.cost import parse_plan, predict_peak_bytes
-from fleetsim.model import ZOO
+from fleetsim.device.cost import parse_plan, predict_peak_bytes
 from fleetsim.types import DeviceState, SetupContext
+from fleetsim.zoo.model import ZOO
 from policies import create_policy
 from policies.slt import configuration_table, schedule, stage_plan
 from tests.test_policy_contract import FLEET, TRAINING, round_context

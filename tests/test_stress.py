@@ -8,11 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 from fleetsim import PROJECT_ROOT
-from fleetsim.engine import run_scenario
-from fleetsim.metrics import read_jsonl
-from fleetsim.monitor import PlainObserver
-from fleetsim.scenario import load_scenario
-from fleetsim.session import RunSetup
+from fleetsim.config.scenario import load_scenario
+from fleetsim.runtime.engine import run_scenario
+from fleetsim.runtime.session import RunSetup
+from fleetsim.views.metrics import read_jsonl
+from fleetsim.views.monitor import PlainObserver
 
 STRESS = PROJECT_ROOT / "scenarios" / "stress"
 QUICK = {"training.local_steps": "3", "eval.every": "100", "eval.max_samples": "50"}

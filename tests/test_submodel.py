@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from fleetsim.aggregate import masked_mean
-from fleetsim.cost import parse_plan, predict_peak_bytes, upload_bytes
-from fleetsim.model import ZOO, TinyGPT, TinyGPTConfig, layer_groups
-from fleetsim.submodel import first_slice, random_slice, residual_problem, rolling_slice, uniform
-from fleetsim.training import load_state, measure_step, model_for_plan, model_state
+from fleetsim.device.cost import parse_plan, predict_peak_bytes, upload_bytes
+from fleetsim.device.submodel import (
+    first_slice,
+    random_slice,
+    residual_problem,
+    rolling_slice,
+    uniform,
+)
+from fleetsim.device.training import load_state, measure_step, model_for_plan, model_state
+from fleetsim.runtime.aggregate import masked_mean
+from fleetsim.runtime.workers import DeviceHost, Job
 from fleetsim.types import OptimizerSpec, Slice, TrainingPlan
-from fleetsim.workers import DeviceHost, Job
+from fleetsim.zoo.model import ZOO, TinyGPT, TinyGPTConfig, layer_groups
 
 CFG = ZOO["gpt-2x64"].config  # 4 heads of 16, 256 FFN units
 GROUPS = tuple(layer_groups(CFG.n_layer))

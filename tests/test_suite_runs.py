@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleetsim.config.scenario import load_scenario
 from fleetsim.errors import ConfigError
-from fleetsim.metrics import read_jsonl
-from fleetsim.paper import load_suite, planned_runs, run_suite, tuning_plan
-from fleetsim.scenario import load_scenario
-from fleetsim.tuning import choose, load_tuning
+from fleetsim.suite.paper import load_suite, planned_runs, run_suite, tuning_plan
+from fleetsim.suite.tuning import choose, load_tuning
+from fleetsim.views.metrics import read_jsonl
 from tests.conftest import SMOKE
 
 SUITE = """

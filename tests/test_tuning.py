@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from fleetsim.cli import main
-from fleetsim.compare import with_policy
+from fleetsim.config.scenario import load_scenario
 from fleetsim.errors import ConfigError
-from fleetsim.scenario import load_scenario
-from fleetsim.session import eval_sample, load_data
-from fleetsim.tuning import (
+from fleetsim.runtime.session import eval_sample, load_data
+from fleetsim.suite.tuning import (
     Trial,
     apply,
     choose,
@@ -30,6 +29,7 @@ from fleetsim.tuning import (
     write_tuning,
     yaml_text,
 )
+from fleetsim.views.compare import with_policy
 from tests.conftest import SMOKE
 
 TINY = ["--set", "rounds=1", "--set", "training.local_steps=1", "--set", "eval.max_samples=32"]

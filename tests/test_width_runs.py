@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim.metrics import read_jsonl
+from fleetsim.views.metrics import read_jsonl
 from tests.conftest import run_yaml
 
 SCENARIO = """

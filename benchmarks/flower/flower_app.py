@@ -1,6 +1,6 @@
 """The Flower apps of benchmarks/vs_flower.py (a module, so Ray's workers can import
 it): the same model (the pretrained gpt-4x128 from fleetsim's cache), the same clients
-(fleetsim.data), the same local steps; Flower samples the clients."""
+(fleetsim.zoo.data), the same local steps; Flower samples the clients."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fleetsim.cache import cache_root
-from fleetsim.data import build_federated
-from fleetsim.model import TinyGPT
+from fleetsim.zoo.cache import cache_root
+from fleetsim.zoo.data import build_federated
+from fleetsim.zoo.model import TinyGPT
 
 CLIENTS, PER_ROUND, STEPS, BATCH, LR = 20, 5, 10, 32, 0.05
 

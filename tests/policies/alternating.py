@@ -4,8 +4,8 @@ forgot the count would plan differently."""
 
 from __future__ import annotations
 
-from fleetsim.aggregate import masked_mean
 from fleetsim.policy import plan_last_blocks
+from fleetsim.runtime.aggregate import masked_mean
 
 
 class Alternating:

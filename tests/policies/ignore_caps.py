@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fleetsim.aggregate import masked_mean
 from fleetsim.policy import make_plan
+from fleetsim.runtime.aggregate import masked_mean
 
 
 class IgnoreCaps:

@@ -1,0 +1,1 @@
+"""Input: scenario files and strict config reading."""

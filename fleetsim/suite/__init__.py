@@ -1,0 +1,1 @@
+"""The reproduction suite: planning and running it, tuning, verdicts, the document, its archive."""

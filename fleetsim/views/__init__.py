@@ -1,0 +1,1 @@
+"""Records and views: the output files, exports, the live view, reports, comparisons, fairness."""

@@ -1,0 +1,1 @@
+"""The simulated world: the SimPy clock, the fleet and its changing constraints, availability."""

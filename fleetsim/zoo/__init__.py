@@ -1,0 +1,1 @@
+"""The models and the data: the model zoo, its pretraining, the Shakespeare data, the cache."""
