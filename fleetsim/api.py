@@ -155,20 +155,17 @@ def load_scenario_like(scenario: ScenarioLike, settings: Mapping[str, str] = {}
                        ) -> tuple[Scenario, Path]:
     """The scenario, validated and resolved, with `settings` (`--set` text) applied, and
     the path errors name."""
-    from fleetsim.config.scenario import Scenario, apply_overrides, load_scenario, resolve
-    from fleetsim.config.strict import parse_model
+    from fleetsim.config.scenario import Scenario, from_raw, load_scenario
 
     if isinstance(scenario, str | Path):
         return load_scenario(scenario, settings), Path(scenario)
     if isinstance(scenario, Scenario):
-        raw: dict[str, Any] = scenario.model_dump(mode="json", by_alias=True)
         source = Path(f"<scenario {scenario.name}>")
-    elif isinstance(scenario, Mapping):
-        raw, source = dict(scenario), FROM_DICT
-    else:
-        raise TypeError(f"a scenario is a path, a dict or a Scenario, not {type(scenario)}")
-    apply_overrides(raw, settings, source)
-    return resolve(parse_model(Scenario, raw, source), source), source
+        return from_raw(scenario.model_dump(mode="json", by_alias=True), source, settings), \
+            source
+    if isinstance(scenario, Mapping):
+        return from_raw(scenario, FROM_DICT, settings), FROM_DICT
+    raise TypeError(f"a scenario is a path, a dict or a Scenario, not {type(scenario)}")
 
 
 def as_settings(overrides: Mapping[str, Any]) -> dict[str, str]:

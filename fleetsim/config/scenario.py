@@ -7,7 +7,7 @@ raises `ConfigError`, which the CLI turns into one line and exit code 2.
 
 from __future__ import annotations
 
-import inspect
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -223,9 +223,16 @@ class Scenario(Strict):
 def load_scenario(path: str | Path, overrides: Mapping[str, str] = {}) -> Scenario:
     """Read, override (`a.b=value`), validate and resolve a scenario file."""
     path = Path(path)
-    raw = read_yaml(path)
-    apply_overrides(raw, overrides, path)
-    return resolve(parse_model(Scenario, raw, path), path)
+    return from_raw(read_yaml(path), path, overrides)
+
+
+def from_raw(raw: Mapping[str, Any], path: Path, overrides: Mapping[str, str] = {}
+             ) -> Scenario:
+    """Override, validate and resolve a raw scenario tree (a file's, a dict, a dumped
+    Scenario); `path` is what errors name."""
+    tree = copy.deepcopy(dict(raw))  # overrides change the tree in place
+    apply_overrides(tree, overrides, path)
+    return resolve(parse_model(Scenario, tree, path), path)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, str], path: Path) -> None:
@@ -340,7 +347,7 @@ def check_names(scenario: Scenario, path: Path) -> None:
 def check_policy(scenario: Scenario, path: Path) -> None:
     """The policy exists (a user file imports and its class has every method) and its
     parameters fit its `Params`: checked before anything starts."""
-    from policies import policy_class, registered
+    from policies import policy_class, policy_params, registered
 
     policy, known = scenario.policy.name, registered()
     if ":" not in policy and policy not in known:
@@ -351,11 +358,11 @@ def check_policy(scenario: Scenario, path: Path) -> None:
     except LookupError as err:
         raise ConfigError(path, "policy.name", str(err)) from None
     params = getattr(cls, "Params", None)
-    if params is not None:
+    if params is not None:  # parsed here for the key path and a suggestion
         parse_model(params, dict(scenario.policy.params), path, "policy.params")
         return
     try:
-        inspect.signature(cls).bind(**scenario.policy.params)
+        policy_params(cls, scenario.policy.params)
     except TypeError as err:
         raise ConfigError(path, "policy.params", str(err)) from None
 

@@ -20,12 +20,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save
 
 from fleetsim.errors import ConfigError
 from fleetsim.types import ModelState
@@ -56,12 +57,11 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     arrays: dict[str, np.ndarray] = {}
     fleet = to_plain(ckpt.fleet, FLEET_PREFIX, arrays)
     tensors = {**{k: np.ascontiguousarray(v) for k, v in ckpt.state.items()}, **arrays}
-    tensor_file = f"round-{ckpt.round}.safetensors"
-    replace_atomically(folder / tensor_file, lambda tmp: save_file(tensors, str(tmp)))
+    tensor_file, data = f"round-{ckpt.round}.safetensors", save(tensors)
+    replace_atomically(folder / tensor_file, partial(Path.write_bytes, data=data))
     body = {"format": FORMAT, "round": ckpt.round, "clock_s": ckpt.clock_s,
             "initial": ckpt.initial, "offsets": ckpt.offsets, "fleet": fleet,
-            "policy": ckpt.policy, "tensors": tensor_file,
-            "tensors_sha256": _sha256((folder / tensor_file).read_bytes())}
+            "policy": ckpt.policy, "tensors": tensor_file, "tensors_sha256": _sha256(data)}
     write_atomic(folder / f"round-{ckpt.round}.json",
                  json.dumps({**body, "sha256": _sha256(_canonical(body))}) + "\n")
     for old in _rounds(folder)[KEEP:]:
@@ -98,7 +98,7 @@ def _load(folder: Path, r: int) -> Checkpoint:
     data = (folder / saved["tensors"]).read_bytes()
     if _sha256(data) != saved["tensors_sha256"]:
         raise ValueError(f"{saved['tensors']} fails its checksum")
-    tensors = load_file(str(folder / saved["tensors"]))
+    tensors = load(data)
     state = {k: v for k, v in tensors.items() if not k.startswith(FLEET_PREFIX)}
     return Checkpoint(saved["round"], state, saved["policy"], saved["clock_s"],
                       from_plain(saved["fleet"], tensors), saved["initial"], saved["offsets"])

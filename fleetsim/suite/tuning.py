@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from fleetsim.config.scenario import Scenario, apply_overrides, check_policy, resolve
-from fleetsim.config.strict import Strict, parse_model
+from fleetsim.config.scenario import Scenario, from_raw
+from fleetsim.config.strict import Strict
 from fleetsim.errors import ConfigError
 from fleetsim.runtime.batch import BatchRun, single_host
 from fleetsim.views.metrics import write_atomic
@@ -93,18 +93,13 @@ def choose(accuracies: Sequence[float | None]) -> int:
 
 
 def apply(scenario: Scenario, setting: Mapping[str, str], source: Path) -> Scenario:
-    """The scenario with `setting` applied as `--set` overrides, validated again (policy
-    params against the policy's `Params`). Budgets that `memory_of` fixed stay as they are: the
-    device does not change with the setting. ConfigError (naming `source` and the key
-    path) on a bad key or value."""
+    """The scenario with `setting` applied as `--set` overrides, validated and resolved
+    again (policy params against the policy's `Params`). Budgets that `memory_of` fixed
+    stay as they are: the device does not change with the setting. ConfigError (naming
+    `source` and the key path) on a bad key or value."""
     if not setting:
         return scenario
-    raw = scenario.model_dump(mode="json", by_alias=True)
-    apply_overrides(raw, setting, source)
-    applied = resolve(parse_model(Scenario, raw, source), source)
-    if any(key.startswith("policy.") for key in setting):
-        check_policy(applied, source)
-    return applied
+    return from_raw(scenario.model_dump(mode="json", by_alias=True), source, setting)
 
 
 def on_validation(scenario: Scenario, setting: Mapping[str, str], source: Path) -> Scenario:
