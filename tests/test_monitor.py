@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 
 from fleetsim.types import DeviceRecord, RoundRecord
 from fleetsim.views.dashboard import RunView, render, rounds_that_fit, sparkline
-from fleetsim.views.monitor import PlainObserver, round_line
+from fleetsim.views.monitor import LiveObserver, PlainObserver, round_line
 
 
 def record(r: int, accuracy: float | None) -> RoundRecord:
@@ -107,3 +109,46 @@ def test_dashboard_shows_classes_events_charts_and_eta() -> None:
 
 def test_sparkline_scales_between_extremes() -> None:
     assert sparkline([1, 2, 3]) == "▁▄█" and sparkline([5, 5]) == "▁▁" and sparkline([]) == ""
+
+
+class CountingLive(Live):
+    """A live display on a 100x30 text console that notes when it is drawn (on the test's
+    clock), how many rounds the view then held, and the text drawn."""
+
+    def __init__(self, now: list[float], view: list[RunView]) -> None:
+        super().__init__(console=Console(file=io.StringIO(), width=100, height=30,
+                                         color_system=None), auto_refresh=False)
+        self.now, self.view, self.draws, self.text = now, view, [], ""
+
+    def update(self, renderable: Any, *, refresh: bool = False) -> None:
+        self.draws.append((self.now[0], len(self.view[0].rounds)))
+        console = Console(file=io.StringIO(), width=100, color_system=None)
+        console.print(renderable)
+        self.text = console.file.getvalue()
+        super().update(renderable, refresh=refresh)
+
+
+def test_live_view_redraws_at_most_every_two_seconds_and_at_start_and_end(tmp_path) -> None:
+    now = [0.0]
+    view: list[RunView] = []
+    live = CountingLive(now, view)
+    observer = LiveObserver(tmp_path, live, clock=lambda: now[0])
+    view.append(observer.view)
+
+    def at(t: float, event: str, *args: Any) -> None:
+        now[0] = t
+        getattr(observer, event)(*args)
+
+    at(0.0, "on_pretrain", 1, 600, 3.0)  # the first change: drawn, whatever the clock says
+    at(0.3, "on_pretrain", 2, 600, 2.9)  # 0.3 s after a draw: not drawn
+    at(1.99, "on_pretrain", 3, 600, 2.8)
+    at(2.0, "on_pretrain", 4, 600, 2.7)  # 2 s after the last draw: drawn
+    at(2.5, "on_start", {"scenario": "demo", "policy": "fedavg", "rounds": 5})  # always
+    at(3.0, "on_round", record(0, 0.40), [])  # 0.5 s later: not drawn
+    at(4.4, "on_round", record(1, 0.41), [])
+    at(4.5, "on_round", record(2, 0.42), [])  # 2 s after the start's draw: drawn
+    at(6.0, "on_round", record(3, 0.43), [])
+    at(6.1, "on_finish", {"initial_accuracy": 0.4, "final_accuracy": 0.43, "sim_time_s": 1,
+                          "wall_time_s": 6.1})  # always, with every round
+    assert live.draws == [(0.0, 0), (2.0, 0), (2.5, 0), (4.5, 3), (6.1, 4)]
+    assert "round 4/5" in live.text and "accuracy 0.4300" in live.text

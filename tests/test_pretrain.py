@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,40 @@ def test_a_cached_model_of_another_recipe_is_stale(tiny_zoo: ZooEntry) -> None:
         tiny_zoo.name) is None
     stamp.write_text("{not json")
     assert not pretrain.is_cached(tiny_zoo.name)
+
+
+def test_a_cached_model_is_loaded_without_training_until_its_recipe_changes(
+        tiny_zoo: ZooEntry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = replace(tiny_zoo, pretrain_steps=6)  # a few steps: only the caching counts
+    monkeypatch.setitem(ZOO, entry.name, entry)
+    monkeypatch.setattr(pretrain, "EVAL_EVERY", 3)
+    trained: list[float] = []  # the learning rate of each pretraining that ran
+    train = pretrain._pretrain
+
+    def counted(entry: ZooEntry, on_progress: pretrain.Progress | None) -> Path:
+        trained.append(entry.pretrain_lr)
+        return train(entry, on_progress)
+
+    monkeypatch.setattr(pretrain, "_pretrain", counted)
+    first = pretrain.load_pretrained(entry.name)
+    assert trained == [3e-2]  # nothing cached: pretrained once, into our own cache
+    folder = tmp_path / "zoo" / entry.name
+    assert (folder / pretrain.RECIPE_FILE).is_file()
+    second = pretrain.load_pretrained(entry.name)
+    assert trained == [3e-2]  # cached: loaded, not trained again
+    assert first.keys() == second.keys()
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    # another recipe (a new learning rate): the stamp no longer matches, it trains again
+    monkeypatch.setitem(ZOO, entry.name, replace(entry, pretrain_lr=1e-2))
+    third = pretrain.load_pretrained(entry.name)
+    assert trained == [3e-2, 1e-2]
+    assert not all(np.array_equal(first[k], third[k]) for k in first)
+    assert json.loads((folder / pretrain.RECIPE_FILE).read_text())["recipe"]["lr"] == 1e-2
+    assert all(np.array_equal(third[k], v)
+               for k, v in pretrain.load_pretrained(entry.name).items())
+    assert trained == [3e-2, 1e-2]  # and the new one is reused
+    # a recipe constant of the module (patience) is part of the stamp too
+    monkeypatch.setattr(pretrain, "PATIENCE", pretrain.PATIENCE + 1)
+    pretrain.load_pretrained(entry.name)
+    assert trained == [3e-2, 1e-2, 1e-2]
+    assert [p.name for p in (tmp_path / "zoo").iterdir()] == [entry.name]  # no leftovers

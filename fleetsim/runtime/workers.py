@@ -270,9 +270,15 @@ class QueuePool:
 
 class LocalPool(QueuePool):
     """One host in the driver's own process (never memory-limited by RLIMIT_DATA: the
-    driver is not a device): for tests, debugging and one process per run."""
+    driver is not a device): for tests, debugging and one process per run. The host sets
+    the process's torch threads; closing the pool gives the caller its own back."""
+
+    callers_threads: int | None = None
 
     async def load(self, model_config: Any, train_windows: Sequence[np.ndarray]) -> None:
+        import torch
+
+        self.callers_threads = torch.get_num_threads()
         self.hosts = [DeviceHost("local", model_config, train_windows, self.options)]
         self.idle.put_nowait(self.hosts[0])
 
@@ -291,7 +297,10 @@ class LocalPool(QueuePool):
         return await asyncio.to_thread(host.evaluate, shared_state, part, plan)
 
     def close(self) -> None:
-        pass
+        if self.callers_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.callers_threads)
 
 
 class RayPool(QueuePool):
