@@ -117,3 +117,31 @@ def test_walks_stay_in_bounds_and_snapshots_resume_the_same_fleet(tmp_path: Path
         twin.advance(t)
         assert list(twin.online(t)) == list(online)
         assert [twin.state(i, t).uplink_bps for i in range(3)] == ups
+
+
+def test_link_events_scale_each_link_of_the_named_devices(tmp_path: Path) -> None:
+    from fleetsim.world.clock import ClockJob
+
+    (tmp_path / "links.yaml").write_text("""
+rounds: 1
+fleet: [{class: rpi4, count: 2}, {class: phone_low, count: 1}]
+selection: {devices_per_round: 1}
+events:
+  - {at_s: 10, until_s: 20, class: rpi4, uplink_factor: 0.5, downlink_factor: 0.25}
+  - {at_s: 15, devices: [1], uplink_factor: 0.1}
+""")
+    scenario = load_scenario(tmp_path / "links.yaml")
+    fleet = build_fleet(scenario, profiles_of(scenario), [10] * 3)
+    # rpi4: 20 Mbit/s up, 60 Mbit/s down (devices/rpi4.yaml); phone_low 5 and 15
+    links = {t: [(fleet.state(i, t).uplink_bps, fleet.state(i, t).downlink_bps)
+                 for i in range(3)] for t in (9.9, 10, 15, 19.9, 20)}
+    assert links[9.9] == [(2e7, 6e7), (2e7, 6e7), (5e6, 1.5e7)]
+    assert links[20] == [(2e7, 6e7), (pytest.approx(2e6), 6e7), (5e6, 1.5e7)]  # no until_s
+    assert links[10] == [(1e7, 1.5e7), (1e7, 1.5e7), (5e6, 1.5e7)]
+    assert links[15] == links[19.9] == [(1e7, 1.5e7), (pytest.approx(1e6), 1.5e7),
+                                        (5e6, 1.5e7)]
+    # 1 MB down at 15 Mbit/s, 1 MB up at 1 Mbit/s, each with the 25 ms latency
+    state = fleet.state(1, 15)
+    job = ClockJob(1, 1_000_000, 1_000_000, 0.0, state.flops_per_s, state.downlink_bps,
+                   state.uplink_bps, state.latency_s, 0.0)
+    assert job.nominal_durations() == pytest.approx((0.025 + 8 / 15, 0.0, 0.025 + 8.0))
