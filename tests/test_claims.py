@@ -307,3 +307,116 @@ def test_document_states_headroom_rivals_and_verdicts(tmp_path: Path) -> None:
             "agrees |") in text
     assert [c.verdict for c in checks] == ["agrees", "agrees"]
     assert (tmp_path / "figures" / "memory.png").stat().st_size > 0
+
+
+def memory_verdict(caff_mb: list[float], lora_mb: list[float],
+                   lora_share: list[float] | None = None) -> tuple[str, str, str]:
+    """lora_memory on hand-built rows: (verdict, reason, measured)."""
+    extra: dict[str, Any] = {"peak_mem_mean_mb": {"caff": caff_mb, "lora": lora_mb}}
+    if lora_share is not None:
+        extra["contributed_share"] = {"lora": lora_share}
+    n = len(caff_mb)
+    result = check(spec("lora_memory", ["lora"]), Evidence(rows(
+        {"caff": [0.4] * n, "lora": [0.4] * n}, **extra), None, 3.0))
+    return result.verdict, result.reason, result.measured
+
+
+@pytest.mark.parametrize("caff_mb, lora_mb, verdict, words", [
+    # ratios 2.9, 3.0, 3.1: 3 ± 4.303 * 0.1 / sqrt(3) = [2.75, 3.25] overlaps [2, 3]
+    ([10.0] * 3, [29.0, 30.0, 31.0], "agrees", "3.00 [2.75, 3.25]"),
+    # exactly 3 and exactly 2 in every seed: the bounds count as inside
+    ([10.0] * 3, [30.0] * 3, "agrees", "3.00 [3.00, 3.00]"),
+    ([10.0] * 3, [20.0] * 3, "agrees", "2.00 [2.00, 2.00]"),
+    # 3.4, 3.5, 3.6: [3.25, 3.75], all above 3
+    ([10.0] * 3, [34.0, 35.0, 36.0], "no", "3.50 [3.25, 3.75]"),
+    # 1.99 everywhere: above 1, short of 2
+    ([10.0] * 3, [19.9] * 3, "same direction, smaller", "1.99 [1.99, 1.99]"),
+    # 1.2, 1.5, 1.8: 1.5 ± 4.303 * 0.3 / sqrt(3) = [0.755, 2.245]: it reaches 2, so the
+    # rule (overlap) agrees although the interval also holds ratios below 1
+    ([10.0] * 3, [12.0, 15.0, 18.0], "agrees", "1.50 [0.75, 2.25]"),
+    # 1.0 everywhere: not above 1
+    ([10.0] * 3, [10.0] * 3, "no", "1.00 [1.00, 1.00]"),
+    # LoRA over CAFF, not CAFF over LoRA: 10 / 20 = 0.5
+    ([20.0] * 3, [10.0] * 3, "no", "0.50 [0.50, 0.50]"),
+    # two seeds: never judged, whatever the ratio (2.5 ± 12.706 * 0 = [2.5, 2.5])
+    ([10.0] * 2, [25.0] * 2, "not testable", "2.50 [2.50, 2.50]"),
+])
+def test_lora_memory_verdict_for_each_outcome(caff_mb: list[float], lora_mb: list[float],
+                                              verdict: str, words: str) -> None:
+    got, reason, measured = memory_verdict(caff_mb, lora_mb)
+    assert got == verdict, reason
+    assert measured == f"lora / caff mean peak memory of contributing devices: {words} x"
+
+
+def test_lora_memory_not_testable_without_contributions() -> None:
+    got, reason, _ = memory_verdict([10.0] * 3, [25.0] * 3, lora_share=[0.5, 0.5, 0.0])
+    assert (got, reason) == ("not testable", "not both CAFF and LoRA had contributing "
+                                             "devices in seed 2")
+
+
+def test_lora_memory_counts_contributing_devices_only(tmp_path: Path) -> None:
+    """From run directories: the mean peak of devices that contributed. CAFF's devices
+    peak at 10 MB, a straggler records 0; LoRA's at 25 MB, an OOM at 40 MB: 25 / 10 =
+    2.5 in every seed (agrees). Averaging every device would give 32.5 / 6.67 = 4.9."""
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE)
+    exp = load_suite(path).experiments[0]  # caff, lora, fedavg
+    for s in range(3):
+        for policy, ok_mb, other, other_mb in (("caff", 10.0, "straggler", 0.0),
+                                               ("lora", 25.0, "oom", 40.0),
+                                               ("fedavg", 5.0, "ok", 5.0)):
+            run_dir = tmp_path / "memory" / policy / f"seed{s}"
+            fake_run(run_dir, 0.3, 0.4)
+            device = {"device_class": "phone_low", "plan": "train=head;frozen=",
+                      "mem_cap_bytes": 2**30, "flops": 1e9}
+            devices = [{**device, "status": "ok", "peak_mem_bytes": int(ok_mb * 2**20)},
+                       {**device, "status": "ok", "peak_mem_bytes": int(ok_mb * 2**20)},
+                       {**device, "status": other, "peak_mem_bytes": int(other_mb * 2**20)}]
+            (run_dir / "devices.jsonl").write_text("".join(json.dumps(d) + "\n"
+                                                           for d in devices))
+    data, _ = load_rows(tmp_path, exp, [0, 1, 2])
+    assert [data[s]["caff"]["peak_mem_mean_mb"] for s in range(3)] == [10.0] * 3
+    assert [data[s]["lora"]["peak_mem_mean_mb"] for s in range(3)] == [25.0] * 3
+    result = check(spec("lora_memory", ["lora"]), Evidence(data, None, 3.0))
+    assert (result.verdict, result.interval.mean) == ("agrees", 2.5)
+
+
+def parity(gaps: list[float], headroom: Interval | None = WIDE,
+           stragglers: dict[str, int] | None = None) -> tuple[str, str]:
+    """upload_parity with CAFF `gaps` points above LoRA per seed: (verdict, reason)."""
+    stragglers = {"fedavg": 2} if stragglers is None else stragglers
+    final = {"caff": [0.40 + g / 100 for g in gaps], "lora": [0.40] * len(gaps),
+             "fedavg": [0.30] * len(gaps)}
+    result = check(spec("upload_parity", ["lora"]),
+                   Evidence(rows(final, stragglers=stragglers), headroom, 3.0))
+    return result.verdict, result.reason
+
+
+def test_upload_parity_verdict_for_each_outcome() -> None:
+    # headroom 20: the band is +-0.1 x 20 = +-2 points
+    assert parity([0.0, 0.0, 0.0]) == ("agrees", "within +-2.00 (0.1 x headroom)")
+    # 0.5, 1, 1.5: 1 ± 4.303 * 0.5 / sqrt(3) = [-0.242, 2.242]: 2.242 > 2
+    assert parity([0.5, 1.0, 1.5]) == ("no", "not within +-2.00 (0.1 x headroom)")
+    # -0.5, -1, -1.5: [-2.242, 0.242]: LoRA ahead by more than the band
+    assert parity([-0.5, -1.0, -1.5])[0] == "no"
+    # 0.2, 0.5, 0.8: 0.5 ± 4.303 * 0.3 / sqrt(3) = [-0.245, 1.245], inside +-2
+    assert parity([0.2, 0.5, 0.8])[0] == "agrees"
+    # a constant 2.5 points is outside +-2 however narrow
+    assert parity([2.5, 2.5, 2.5])[0] == "no"
+    # the same gaps with a headroom of 30: band +-3 holds [-0.242, 2.242]
+    assert parity([0.5, 1.0, 1.5], Interval(30.0, 29.0, 31.0, 3))[0] == "agrees"
+
+
+def test_upload_parity_not_testable() -> None:
+    # no run had a straggler: the upload limit never bound
+    assert parity([0.0] * 3, stragglers={}) == (
+        NOT_TESTABLE, "the upload limit did not bind (no run had stragglers) in seeds 0, 1, 2")
+    # a straggler in one seed only leaves the other seeds unexercised
+    assert parity([0.0] * 3, stragglers={"caff": [0, 3, 0]}) == (
+        NOT_TESTABLE, "the upload limit did not bind (no run had stragglers) in seeds 0, 2")
+    assert parity([0.0] * 2) == (NOT_TESTABLE, "2 seeds < 3")
+    assert parity([0.0] * 3, headroom=None) == (NOT_TESTABLE, "no upper bound run, so no "
+                                                              "headroom")
+    # headroom 2, 3, 4 points: [0.52, 5.48], its lower bound under the suite's 3
+    assert parity([0.0] * 3, headroom=Interval.of([2.0, 3.0, 4.0])) == (
+        NOT_TESTABLE, "headroom 3.00 [0.52, 5.48] points: lower bound < 3")

@@ -37,8 +37,23 @@ def test_rows_use_a_common_simulated_time(tmp_path: Path) -> None:
     assert rows[0]["oom"] == 1 and rows[1]["stragglers"] == 1
     assert rows[0]["contributed_share"] == 2 / 3 and rows[0]["peak_mem_max_mb"] == 2.0
     write_comparison(tmp_path, rows)
-    assert (tmp_path / "comparison.csv").read_text().splitlines()[0].startswith("policy,")
-    assert "| a | gpt-2x64 |" in (tmp_path / "comparison.md").read_text()
+    # every cell by hand. a: ok peaks 1 and 2 MB (the OOM's 3 MB not counted), caps 8 MB,
+    # 1 TFLOP per contribution; b: one ok of 1 MB; c: nobody contributed. 2 MB up and
+    # 4 MB down each (summary.json).
+    assert (tmp_path / "comparison.csv").read_text().splitlines() == [
+        "policy,model,final_accuracy,accuracy_at_common_time,common_time_s,peak_mem_max_mb,"
+        "peak_mem_mean_mb,mem_cap_mean_mb,mb_up,mb_down,tflops,contributed_share,oom,"
+        "stragglers,skipped",
+        f"a,gpt-2x64,0.5,0.5,30,2.0,1.5,8.0,2.0,4.0,2.0,{2 / 3},1,0,0",
+        "b,gpt-2x64,0.6,0.2,30,1.0,1.0,8.0,2.0,4.0,1.0,0.5,0,1,0",
+        "c,gpt-2x64,0.1,0.1,30,0.0,0.0,0.0,2.0,4.0,0.0,0.0,0,0,1"]
+    assert (tmp_path / "comparison.md").read_text().splitlines()[2:] == [
+        "| a | gpt-2x64 | 0.5000 | 0.5000 | 30 | 2.0000 | 1.5000 | 8.0000 | 2.0000 | 4.0000 | "
+        "2.0000 | 0.6667 | 1 | 0 | 0 |",
+        "| b | gpt-2x64 | 0.6000 | 0.2000 | 30 | 1.0000 | 1.0000 | 8.0000 | 2.0000 | 4.0000 | "
+        "1.0000 | 0.5000 | 0 | 1 | 0 |",
+        "| c | gpt-2x64 | 0.1000 | 0.1000 | 30 | 0.0000 | 0.0000 | 0.0000 | 2.0000 | 4.0000 | "
+        "0.0000 | 0.0000 | 0 | 0 | 1 |"]
 
 
 def test_with_policy_keeps_everything_else() -> None:

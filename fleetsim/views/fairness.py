@@ -22,19 +22,22 @@ def fairness(devices: Sequence[Mapping[str, Any]],
     of the selected that contributed and of all contributions, the blocks its
     contributions trained (mean, and how often each count), and the final global model's
     accuracy on the class's own test windows; then the gap between the best and the
-    worst class on each measure."""
+    worst class on each measure. A class of `class_accuracy` none of whose devices was
+    ever selected is there too (selected 0, share of selected None): the class the fleet
+    served least must not drop out of the table and the accuracy gap."""
     by_class: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for record in devices:
         by_class[record["device_class"]].append(record)
     contributions = sum(r["status"] == "ok" for r in devices)
     classes = {}
-    for name in sorted(by_class):
+    for name in sorted(set(by_class) | set(class_accuracy)):
         ok = [r for r in by_class[name] if r["status"] == "ok"]
         blocks = [trained_blocks(r["plan"]) for r in ok]
+        selected = len(by_class[name])
         classes[name] = {
-            "selected": len(by_class[name]),
+            "selected": selected,
             "contributed": len(ok),
-            "contributed_share_of_selected": len(ok) / len(by_class[name]),
+            "contributed_share_of_selected": len(ok) / selected if selected else None,
             "share_of_contributions": len(ok) / contributions if contributions else 0.0,
             "blocks_trained_mean": sum(blocks) / len(blocks) if blocks else 0.0,
             "blocks_trained": dict(sorted(Counter(blocks).items())),
