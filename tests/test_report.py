@@ -199,6 +199,43 @@ def test_report_prints_and_draws(finished_run: Path, counted: dict[str, float],
     assert heights[fair] == pytest.approx([counted[c] for c in CLASSES], abs=1e-12)
 
 
+def test_report_lists_a_class_never_selected(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """A hand-written run in which no Pi Zero was ever selected: the summary's fairness
+    section still measured the class (accuracy 0.2); the table and the figure show it."""
+    device = {"device_class": "rpi4", "round": 0, "plan": "train=head;frozen=",
+              "status": "ok", "peak_mem_bytes": 3 * 2**20, "mem_cap_bytes": 512 * 2**20,
+              "bytes_up": 2_000_000, "bytes_down": 1_000_000}
+    (tmp_path / "devices.jsonl").write_text(json.dumps(device) + "\n")
+    (tmp_path / "rounds.jsonl").write_text(json.dumps(
+        {"round": 0, "sim_time_s": 5.0, "accuracy": 0.4, "bytes_up": 2_000_000,
+         "bytes_down": 1_000_000}) + "\n")
+    blank = {"selected": 0, "contributed": 0, "contributed_share_of_selected": None,
+             "share_of_contributions": 0.0, "blocks_trained_mean": 0.0,
+             "blocks_trained": {}, "accuracy": 0.2}
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "scenario": "hand", "policy": "caff", "model": "gpt-2x64", "initial_accuracy": 0.3,
+        "final_accuracy": 0.4, "fairness": {"classes": {
+            "rpi4": {**blank, "selected": 1, "contributed": 1,
+                     "contributed_share_of_selected": 1.0, "share_of_contributions": 1.0,
+                     "accuracy": 0.5},
+            "rpi_zero2w": blank}}}))
+    with saved_figures() as figures:
+        assert main(["report", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] in (["rpi4"], ["rpi_zero2w"])}
+    assert rows["rpi4"] == ["rpi4", "1", "1", "1.00", "0", "0", "3.0", "512.0", "2.0",
+                            "0.00", "0.5000"]
+    assert rows["rpi_zero2w"] == ["rpi_zero2w", "0", "0", "-", "0", "0", "0.0", "-", "0.0",
+                                  "0.00", "0.2000"]
+    peaks, share, fair = (figures["report.png"].axes[i] for i in (2, 4, 5))
+    for ax in (peaks, share, fair):
+        assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
+    assert [p.get_height() for p in fair.containers[0]] == [0.5, 0.2]
+    assert [p.get_height() for p in share.containers[0]] == [1.0, 0.0]
+    assert [s[0][1] for lines in peaks.collections for s in lines.get_segments()] == [512.0]
+
+
 def test_report_of_a_non_run_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

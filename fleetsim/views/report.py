@@ -27,19 +27,22 @@ MB = 1e6  # bytes sent, in MB (memory is in MiB, as device budgets are)
 
 
 def class_rows(run: RunData) -> list[dict[str, Any]]:
-    """Per class: what its devices did, what memory they used against their caps."""
+    """Per class: what its devices did, what memory they used against their caps. A class
+    of the summary's fairness section none of whose devices was selected is a row too
+    (nothing selected: no share and no cap to show)."""
     fair = run.summary.get("fairness", {}).get("classes", {})
     rows = []
-    for name in run.classes:
+    for name in sorted(set(run.classes) | set(fair)):
         records = run.of_class(name)
         ok = [d for d in records if d["status"] == "ok"]
         rows.append({
             "class": name, "selected": len(records), "ok": len(ok),
-            "ok_share": len(ok) / len(records),
+            "ok_share": len(ok) / len(records) if records else None,
             "oom": sum(d["status"] == "oom" for d in records),
             "offline": sum(d["status"] == "offline" for d in records),
             "peak_mb": max((d["peak_mem_bytes"] for d in ok), default=0) / MIB,
-            "cap_mb": float(np.mean([d["mem_cap_bytes"] for d in records])) / MIB,
+            "cap_mb": (float(np.mean([d["mem_cap_bytes"] for d in records])) / MIB
+                       if records else None),
             "mb_up": sum(d["bytes_up"] for d in records) / MB,
             "blocks": fair.get(name, {}).get("blocks_trained_mean"),
             "accuracy": fair.get(name, {}).get("accuracy"),
@@ -59,8 +62,8 @@ def terminal_summary(run: RunData) -> Group:
                   "MB up", "blocks", "accuracy", box=None)
     for row in class_rows(run):
         table.add_row(row["class"], str(row["selected"]), str(row["ok"]),
-                      f"{row['ok_share']:.2f}", str(row["oom"]), str(row["offline"]),
-                      f"{row['peak_mb']:.1f}", f"{row['cap_mb']:.1f}", f"{row['mb_up']:.1f}",
+                      _f(row["ok_share"], 2), str(row["oom"]), str(row["offline"]),
+                      f"{row['peak_mb']:.1f}", _f(row["cap_mb"], 1), f"{row['mb_up']:.1f}",
                       _f(row["blocks"], 2), _f(row["accuracy"]))
     return Group(head, table)
 
@@ -111,10 +114,11 @@ def _class_bars(ax: Any, by_run: dict[str, dict[str, dict[str, Any]]], key: str,
         ax.bar(np.arange(len(classes)) + i * width - 0.4 + width / 2, values, width,
                label=label)
         for c in rows:
-            cap_of[c] = max(cap_of[c], rows[c]["cap_mb"])
+            cap_of[c] = max(cap_of[c], rows[c]["cap_mb"] or 0.0)
     if caps:  # budgets and peaks can be orders of magnitude apart
         for j, c in enumerate(classes):
-            ax.hlines(cap_of[c], j - 0.45, j + 0.45, colors="black")
+            if cap_of[c] > 0:  # none for a class never selected
+                ax.hlines(cap_of[c], j - 0.45, j + 0.45, colors="black")
         ax.set_yscale("log")
     ax.set_xticks(np.arange(len(classes)), classes, rotation=20, fontsize=8)
     _labels(ax, title, "", unit)
