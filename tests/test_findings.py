@@ -177,8 +177,15 @@ def test_memory_plans_take_lora_from_the_policy_and_every_caff_depth() -> None:
 def test_memory_lines_compare_lora_with_caff_at_the_same_depth(tmp_path: Path) -> None:
     write_scenario(tmp_path / "lora" / "seed3", with_policy(load_scenario(SMOKE), "lora", LORA))
     text = memory_lines(tmp_path, 3, "lora / caff: 2.50 [2.40, 2.60] x (agrees)", False)
-    plans = memory_plans(with_policy(load_scenario(SMOKE), "lora", LORA), False)
-    mb = {p.spec: p.predicted_mb for p in plans.plans}
+    # each plan's predicted peak straight from the cost model, at the lora run's settings
+    # (gpt-2x64, batch 8, Adam, 80 characters), LoRA on the policy's targets
+    config, adam = ZOO["gpt-2x64"].config, OptimizerSpec("adam")
+    targets = tuple(LORA["targets"])
+    mb = {spec: predict_peak_bytes(config, parse_plan(spec, config, 8, adam), 80) / MB
+          for spec in ("last:1", "last:2")}
+    for rank in (4, 1):
+        plan = replace(parse_plan(f"lora:{rank}", config, 8, adam), lora=LoraSpec(rank, targets))
+        mb[f"lora:{rank}"] = predict_peak_bytes(config, plan, 80) / MB
     assert text[0].startswith("Plan-level memory, on gpt-2x64 at batch 8, adam, 80 characters "
                               "(the lora run's settings, seed 3); LoRA on q_proj, v_proj, fc_in.")
     assert ("| plan | blocks with gradients | predicted peak MB | measured peak MB | lora:4 / "
