@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SCENARIO ?= scenarios/default.yaml
 
-.PHONY: run test smoke lint clean paper paper-reduced
+.PHONY: run test test-fast smoke lint clean paper paper-reduced
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# the fast subset: no end-to-end runs, no Ray
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not ray"
+
 paper: $(STAMP)
 	$(BIN)/fleetsim paper
 
@@ -32,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .test-cache

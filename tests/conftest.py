@@ -1,18 +1,38 @@
-"""Shared fixtures: one real local Ray session for every test that needs it."""
+"""Shared set-up: the tests' own cache directory, Hypothesis without wall-clock deadlines,
+the `ray` marker on every test that uses Ray, and one real local Ray session shared by
+the tests that need it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from fleetsim import PROJECT_ROOT
 
 SMOKE = PROJECT_ROOT / "scenarios" / "smoke.yaml"
+# The tests' cache (data, pretrained weights): never the user's; prepared on first use and
+# kept between test runs (the recipe stamp retrains stale weights). Subprocesses and Ray
+# workers inherit it.
+os.environ["FLEETSIM_CACHE"] = str(PROJECT_ROOT / ".test-cache")
+# the cost model's error the README claims over the zoo (benchmarks/cost_error.py)
+PEAK_TOLERANCE = 0.032
+# a loaded 2-core machine makes wall-clock deadlines flaky; examples stay few instead
+settings.register_profile("fleetsim", deadline=None)
+settings.load_profile("fleetsim")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses Ray is marked `ray` (pytest -m "not ray" leaves them out)."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +45,19 @@ def ray_session() -> Iterator[None]:
                  logging_level=logging.WARNING)
     yield
     ray.shutdown()
+
+
+def predicted_peak(scenario: Any, spec: str) -> int:
+    """The cost model's peak for a plan of the scenario's model under its training
+    settings."""
+    from fleetsim.device.cost import parse_plan, predict_peak_bytes
+    from fleetsim.types import OptimizerSpec
+    from fleetsim.zoo.model import ZOO
+
+    t, config = scenario.training, ZOO[scenario.model.name].config
+    plan = parse_plan(spec, config, t.batch_size,
+                      OptimizerSpec(t.optimizer.name, t.optimizer.momentum))
+    return predict_peak_bytes(config, plan, scenario.data.seq_len)
 
 
 def run_yaml(tmp_path: Path, text: str) -> tuple[dict[str, Any], Path]:

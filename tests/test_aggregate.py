@@ -20,7 +20,7 @@ tensors = st.lists(st.floats(min_value=-10, max_value=10), min_size=12, max_size
 
 
 @given(st.lists(st.tuples(weights, tensors), min_size=1, max_size=5))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 def test_full_updates_give_the_weighted_mean(items: list) -> None:
     updates = [Update(i, w, {"w": np.array(t, np.float32).reshape(SHAPE)})
                for i, (w, t) in enumerate(items)]
@@ -32,7 +32,7 @@ def test_full_updates_give_the_weighted_mean(items: list) -> None:
 
 
 @given(st.lists(st.tuples(weights, tensors), min_size=1, max_size=4))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 def test_order_does_not_matter(items: list) -> None:
     updates = [Update(i, w, {"w": np.array(t, np.float32).reshape(SHAPE)})
                for i, (w, t) in enumerate(items)]

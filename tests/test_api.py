@@ -64,6 +64,7 @@ def test_bad_input_is_one_config_error_naming_the_key(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_the_example_script_runs(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "compare_policies.py"),
                            str(tmp_path)], capture_output=True, text=True, timeout=600)

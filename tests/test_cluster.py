@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fleetsim.views.metrics import read_jsonl
 from tests.conftest import SMOKE
 from tests.test_resume import without_wall_time
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 CLUSTER_RUN = """
 import sys

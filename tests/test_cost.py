@@ -21,13 +21,14 @@ from fleetsim.device.training import measure_step, model_for_plan, train_local
 from fleetsim.types import OptimizerSpec, TrainingDefaults, TrainingPlan
 from fleetsim.zoo.model import ZOO, TinyGPT, TinyGPTConfig
 from policies.slt import stage_plan
+from tests.conftest import PEAK_TOLERANCE
 from tests.test_policy_contract import FLEET
 
 CFG = ZOO["gpt-2x64"].config
 PLAN_KINDS = ("full", "last:1", "head", "lora:8", "width:0.5")
 OPTIMIZERS = {"sgd": OptimizerSpec("sgd"), "momentum": OptimizerSpec("sgd", momentum=0.9),
               "adam": OptimizerSpec("adam")}
-TOLERANCE = 0.10  # the bound; measured worst is about 3% (benchmarks/cost_error.py)
+TOLERANCE = PEAK_TOLERANCE  # at batch 6, 40 characters the worst is 2.5% (lora:8)
 
 
 @pytest.mark.parametrize("model", list(ZOO))
@@ -43,7 +44,7 @@ def test_predicted_peak_within_tolerance_of_measured(model: str, spec: str,
     assert flops == pytest.approx(step_flops(config, plan, seq_len=40))
 
 
-RESIDUAL_TOLERANCE = 0.05  # residual-sliced plans (model.slice_residual): worst about 0.3%
+RESIDUAL_TOLERANCE = 0.01  # residual-sliced plans (model.slice_residual): worst about 0.3%
 # (width, tau, d): SLT configurations (blocks tau.. narrow, the last d of 0..tau-1 train);
 # tau = 0 is a whole model at that width
 RESIDUAL_CONFIGS = {"width:0.25": (0.25, 0, 0), "width:0.5": (0.5, 0, 0),

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetsim.config.scenario import load_scenario
 from fleetsim.device.lora import adapter_shapes, init_adapters
 from fleetsim.device.training import accuracy_and_loss, model_state
 from fleetsim.runtime.aggregate import masked_mean
@@ -16,7 +17,7 @@ from fleetsim.types import LoraSpec, TrainingPlan
 from fleetsim.views.metrics import read_jsonl
 from fleetsim.zoo.model import ZOO, TinyGPT
 from policies import create_policy
-from tests.conftest import run_yaml
+from tests.conftest import PEAK_TOLERANCE, predicted_peak, run_yaml
 
 CFG = ZOO["gpt-2x64"].config
 GLOBAL = LoraSpec(rank=8)
@@ -95,11 +96,15 @@ eval: {every: 1, max_samples: 50}
 """)
     records = read_jsonl(out / "devices.jsonl")
     assert all(r["plan"].endswith(";lora=8:q_proj,v_proj") for r in records)
-    assert all(r["status"] == "ok" and r["peak_mem_bytes"] <= r["mem_cap_bytes"]
+    # every device holds rank 8 (whether LoRA learns: tests/test_learning.py), and the
+    # meter measures what the cost model predicts for it
+    lora_peak = predicted_peak(load_scenario(out / "scenario.yaml"), "lora:8")
+    assert all(r["status"] == "ok" and r["mem_cap_bytes"] > lora_peak for r in records)
+    assert all(r["peak_mem_bytes"] == pytest.approx(lora_peak, rel=PEAK_TOLERANCE)
                for r in records)
     head_and_adapters = 4 * (97 * 64 + 2 * 64 + 2 * 2 * 8 * (64 + 64))  # blocks x (q, v)
     assert all(r["bytes_up"] == head_and_adapters for r in records)
-    assert summary["final_accuracy"] != summary["initial_accuracy"]
+    assert summary["bytes_up"] == len(records) * head_and_adapters
 
 
 def test_bad_parameters() -> None:

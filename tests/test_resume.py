@@ -1,15 +1,21 @@
-"""Runs that lose nothing: a driver killed with SIGKILL mid-run, resumed, ends with the
-same rounds.jsonl and devices.jsonl as a run never interrupted (wall times aside)."""
+"""Runs that lose nothing: a driver killed with SIGKILL at chosen points (the KILL_AT
+hook, no timing involved), resumed, ends with the same records and summary as a run
+never interrupted (wall times aside); resuming a complete run changes nothing."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
+
+from fleetsim.runtime.checkpoint import FOLDER
+from fleetsim.runtime.engine import KILL_AT
 from fleetsim.views.metrics import read_jsonl
 
 # churn, a bandwidth walk and Federated Dropout's random sub-models: every kind of
@@ -31,38 +37,71 @@ eval: {every: 1, max_samples: 40}
 """
 
 
-def fleetsim(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fleetsim", *args, "--no-live"],
+def fleetsim(*args: str, kill_at: str = "") -> subprocess.Popen:
+    env = {**os.environ, KILL_AT: kill_at}
+    return subprocess.Popen([sys.executable, "-m", "fleetsim", *args, "--no-live"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finished(proc: subprocess.Popen) -> int:
+    code = proc.wait(timeout=600)
+    assert code in (0, -signal.SIGKILL), proc.stderr.read() if proc.stderr else ""
+    return code
 
 
 def without_wall_time(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("wall_time_s", "host")} for row in rows]
 
 
-def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
-    source = tmp_path / "scenario.yaml"
-    source.write_text(SCENARIO)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert fleetsim("run", str(source), "--out", str(whole)).wait(timeout=600) == 0
+def same_results(one: Path, other: Path) -> None:
+    for name in ("rounds.jsonl", "devices.jsonl"):
+        assert without_wall_time(read_jsonl(one / name)) == \
+            without_wall_time(read_jsonl(other / name)), name
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (one, other)]
+    for summary in summaries:  # how it ran, not what it computed
+        summary.pop("wall_time_s", None), summary.pop("hosts")
+    assert summaries[0] == summaries[1]
 
-    victim = fleetsim("run", str(source), "--out", str(killed))
-    deadline = time.time() + 600
-    while len(read_jsonl(killed / "rounds.jsonl") if (killed / "rounds.jsonl").exists()
-               else []) < 3 and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.05)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run never interrupted."""
+    source = tmp_path_factory.mktemp("whole") / "scenario.yaml"
+    source.write_text(SCENARIO)
+    assert finished(fleetsim("run", str(source), "--out", str(source.parent / "out"))) == 0
+    statuses = {r["status"] for r in read_jsonl(source.parent / "out" / "devices.jsonl")}
+    assert {"ok", "offline"} <= statuses  # churn is part of what resume must restore
+    return source.parent / "out"
+
+
+# killed after round 2's records but before its checkpoint (resume drops and replays
+# them), after round 3's checkpoint, after the last round's checkpoint (only the summary
+# is missing), and on the Ray backend
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill_at", "backend"), [
+    ("2:records", "local"), ("3:checkpoint", "local"), ("5:checkpoint", "local"),
+    pytest.param("3:checkpoint", "ray", marks=pytest.mark.ray)])
+def test_killed_run_resumes_to_the_same_results(whole: Path, tmp_path: Path, kill_at: str,
+                                                 backend: str) -> None:
+    killed = tmp_path / "killed"
+    victim = fleetsim("run", str(whole / "scenario.yaml"), "--out", str(killed),
+                      "--set", f"workers.backend={backend}", kill_at=kill_at)
+    assert finished(victim) == -signal.SIGKILL
+    r, point = kill_at.split(":")
+    assert len(read_jsonl(killed / "rounds.jsonl")) == int(r) + 1
+    assert (killed / FOLDER / f"round-{r}.json").exists() == (point == "checkpoint")
     assert not (killed / "summary.json").exists()
 
-    resumed = fleetsim("resume", str(killed))
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read() if resumed.stderr else ""
-    for name in ("rounds.jsonl", "devices.jsonl"):
-        assert without_wall_time(read_jsonl(killed / name)) == \
-            without_wall_time(read_jsonl(whole / name)), name
-    statuses = {r["status"] for r in read_jsonl(whole / "devices.jsonl")}
-    assert "ok" in statuses
+    assert finished(fleetsim("resume", str(killed))) == 0
+    same_results(killed, whole)
+
+
+@pytest.mark.slow
+def test_resuming_a_complete_run_changes_nothing(whole: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(whole, tmp_path / "copy")
+    before = {f.name: f.read_bytes() for f in copy.iterdir() if f.is_file()}
+    assert finished(fleetsim("resume", str(copy))) == 0
+    assert {f.name: f.read_bytes() for f in copy.iterdir() if f.is_file()} == before
 
 
 def test_resume_without_a_checkpoint_is_bad_input(tmp_path: Path) -> None:

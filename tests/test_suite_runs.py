@@ -42,6 +42,7 @@ def accuracies(run_dir: Path) -> list[float | None]:
     return [r["accuracy"] for r in read_jsonl(run_dir / "rounds.jsonl")]
 
 
+@pytest.mark.slow
 def test_tuned_on_the_first_seed_frozen_for_all(tmp_path: Path) -> None:
     suite_file, out, log = tmp_path / "suite.yaml", tmp_path / "runs", io.StringIO()
     suite_file.write_text(SUITE)
@@ -90,6 +91,7 @@ experiments:
 """
 
 
+@pytest.mark.slow
 def test_jobs_do_not_change_results(tmp_path: Path) -> None:
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(PAIR)

@@ -104,6 +104,7 @@ def test_validation_split_trains_on_less_and_evaluates_held_out_windows() -> Non
         load_data(tiny, SMOKE)
 
 
+@pytest.mark.slow
 def test_tune_runs_the_grid_and_prints_the_choice(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "tune"

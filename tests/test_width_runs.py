@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from fleetsim.config.scenario import load_scenario
 from fleetsim.views.metrics import read_jsonl
-from tests.conftest import run_yaml
+from tests.conftest import PEAK_TOLERANCE, predicted_peak, run_yaml
+
+pytestmark = pytest.mark.slow
 
 SCENARIO = """
 name: width-{policy}
@@ -26,10 +29,20 @@ eval: {{every: 1, max_samples: 40}}
 """
 
 
-def check_records(out: Path) -> list[dict]:
+def check_records(out: Path, weak_plan: str = "", strong_plan: str = "") -> list[dict]:
+    """Every device trained; the whole model would not fit the weak ones (the constraint
+    binds); measured peaks are what the cost model predicts for the plans given."""
     records = read_jsonl(out / "devices.jsonl")
     assert all(r["status"] == "ok" for r in records), {r["status"] for r in records}
-    assert all(r["peak_mem_bytes"] <= r["mem_cap_bytes"] for r in records)
+    scenario = load_scenario(out / "scenario.yaml")
+    weak = [r for r in records if r["device_class"] == "phone_mid"]
+    assert weak and all(predicted_peak(scenario, "full") > r["mem_cap_bytes"] for r in weak)
+    expected = {"phone_mid": predicted_peak(scenario, weak_plan) if weak_plan else None,
+                "phone_flagship": predicted_peak(scenario, strong_plan) if strong_plan else None}
+    for r in records:
+        if expected[r["device_class"]] is not None:
+            assert r["peak_mem_bytes"] == pytest.approx(expected[r["device_class"]],
+                                                         rel=PEAK_TOLERANCE)
     return records
 
 
@@ -54,13 +67,13 @@ def test_slt_fills_the_network_block_by_block_on_ray(tmp_path: Path, ray_session
 @pytest.mark.parametrize("policy", ["heterofl", "fedrolex", "feddropout"])
 def test_width_baselines_train_half_width_sub_models(tmp_path: Path, policy: str) -> None:
     summary, out = run_yaml(tmp_path, SCENARIO.format(policy=policy, backend="local"))
-    records = check_records(out)
+    records = check_records(out, "width:0.5", "full")
     weak = [r for r in records if r["device_class"] == "phone_mid"]
-    assert weak and all("block.3:2h256u" in r["plan"] for r in weak)  # half of 4 x 512
+    assert all("block.3:2h256u" in r["plan"] for r in weak)  # half of 4 x 512
     strong = [r for r in records if r["device_class"] == "phone_flagship"]
     assert all("slices" not in r["plan"] for r in strong)  # room for the full width
     assert max(r["bytes_up"] for r in weak) < min(r["bytes_up"] for r in strong)
-    assert summary["final_accuracy"] != summary["initial_accuracy"]
+    assert summary["rounds_aggregated"] == 6  # whether they learn: tests/test_learning.py
 
 
 RESIDUAL_SCENARIO = """
@@ -81,7 +94,7 @@ eval: {{every: 1, max_samples: 40}}
 @pytest.mark.parametrize("policy", ["slt", "heterofl"])
 def test_residual_sliced_sub_models_train_from_scratch(tmp_path: Path, policy: str) -> None:
     summary, out = run_yaml(tmp_path, RESIDUAL_SCENARIO.format(policy=policy))
-    records = check_records(out)  # every device trained under its cap
+    records = check_records(out)
     weak = [r for r in records if r["device_class"] == "phone_mid"]
     assert weak and all(re.search(r"block\.7:\d+h\d+u\d+r", r["plan"]) for r in weak)
     assert summary["initial_accuracy"] < 0.1  # a random model: near chance (1 / 97)

@@ -9,6 +9,8 @@ finish are trained. Ray's completion order never reaches a simulated result.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -55,6 +57,9 @@ from fleetsim.world.clock import ClockJob, RoundTiming
 from fleetsim.zoo.model import block_group
 
 log = logging.getLogger(__name__)
+# test hook for resume: "<round>:records" or "<round>:checkpoint" kills the driver
+# (SIGKILL) right after that round's records or its checkpoint are written
+KILL_AT = "FLEETSIM_KILL_AT"
 
 
 class Observer(Protocol):
@@ -85,9 +90,11 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
             record, devices, state = await play_round(run, r, state,
                                                       records[-1] if records else None, devices)
             records.append(record)
+            killed_at(r, "records")
             save_checkpoint(out_dir, Checkpoint(r, state, policy_state(run.policy),
                                                 run.clock.now_s, run.fleet.snapshot(),
                                                 asdict(initial), output_offsets(out_dir)))
+            killed_at(r, "checkpoint")
         class_accuracy = {name: (await evaluate(run, state, len(records) - 1, windows)).accuracy
                           for name, windows in run.class_windows.items()}
         summary = summarize(run, initial, records)
@@ -98,6 +105,12 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
         return summary
     finally:
         run.close()
+
+
+def killed_at(r: int, point: str) -> None:
+    """The KILL_AT test hook: a kill at a chosen point, whatever the timing."""
+    if os.environ.get(KILL_AT) == f"{r}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def play_round(run: Run, r: int, state: ModelState, previous: RoundRecord | None,
