@@ -98,12 +98,6 @@ def test_in_process_backend_matches_ray(two_worker_run: Path, tmp_path: Path) ->
     assert local == without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
 
 
-def test_other_seed_changes_the_run(two_worker_run: Path, tmp_path: Path) -> None:
-    run_smoke(tmp_path / "seed1", seed="1", **{"workers.backend": "local"})
-    other = without_wall_time(read_jsonl(tmp_path / "seed1" / "rounds.jsonl"))
-    assert other != without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
-
-
 @pytest.mark.slow
 def test_cli_run_smoke(tmp_path: Path) -> None:
     """The documented command, in its own process with its own Ray."""

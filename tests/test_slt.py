@@ -13,7 +13,7 @@ from fleetsim.device.cost import parse_plan, predict_peak_bytes
 from fleetsim.types import DeviceState, SetupContext
 from fleetsim.zoo.model import ZOO
 from policies import create_policy
-from policies.slt import configuration_table, schedule, stage_plan
+from policies.slt import configuration_table, head_slices, schedule, stage_plan
 from tests.test_policy_contract import FLEET, TRAINING, round_context
 
 MODELS = ["gpt-2x64", "gpt-4x128", "gpt-6x192"]
@@ -90,7 +90,9 @@ def test_homogeneous_half_width_walks_gpt_4x128_to_full_width() -> None:
     fulls = [s.full for s in policy.stages]
     assert fulls == sorted(fulls) and fulls[0] == 0 and policy.stages[-1].width == 1.0
     assert policy.evaluated_slices(99) == ()  # the last configuration is full width
-    assert policy.evaluated_slices(-1) != ()  # stage 0 is narrow
+    stage0 = policy.stages[0]  # the whole network, narrow
+    assert stage0.width < 1 and policy.evaluated_slices(-1) == head_slices(
+        ZOO[model].config, stage0.width, 0)
 
 
 def test_width_baselines_pick_their_units() -> None:
