@@ -10,7 +10,7 @@ import pytest
 
 from fleetsim.config.scenario import load_scenario
 from fleetsim.device.lora import adapter_shapes, init_adapters
-from fleetsim.device.training import accuracy_and_loss, model_state
+from fleetsim.device.training import model_state
 from fleetsim.runtime.aggregate import masked_mean
 from fleetsim.runtime.workers import DeviceHost, Job
 from fleetsim.types import LoraSpec, TrainingPlan
@@ -28,11 +28,26 @@ def global_state() -> dict[str, np.ndarray]:
     return {**model_state(TinyGPT(CFG)), **init_adapters(CFG, GLOBAL, seed=0)}
 
 
+GROUPS = ("embed", "block.0", "block.1", "head")
+
+
+def evaluation(state: dict[str, np.ndarray], lora: LoraSpec | None) -> dict[str, float]:
+    """The evaluation sums of the model `state` holds, adapters at `lora`'s rank."""
+    plan = TrainingPlan(train=(), frozen=GROUPS, local_steps=1, batch_size=1, lr=0.0,
+                        lora=lora)
+    return DeviceHost("t", CFG, WINDOWS).evaluate(state, WINDOWS[0], plan)
+
+
 def test_initial_adapters_leave_the_model_unchanged() -> None:
     adapters = init_adapters(CFG, GLOBAL, seed=0)
     assert set(adapters) == set(adapter_shapes(CFG, GLOBAL))
-    assert all(not a.any() for k, a in adapters.items() if ".lora_B." in k)  # B = 0
     assert len(adapters) == CFG.n_layer * 2 * 2  # q and v, A and B
+    # the adapted model scores as the plain one, position for position: B = 0
+    base = model_state(TinyGPT(CFG))
+    plain, adapted = evaluation(base, None), evaluation({**base, **adapters}, GLOBAL)
+    assert plain["positions"] == adapted["positions"] == WINDOWS[0].size - len(WINDOWS[0])
+    assert adapted["correct"] == plain["correct"]
+    assert adapted["loss_sum"] == pytest.approx(plain["loss_sum"], rel=1e-6)
 
 
 def test_a_low_rank_device_updates_its_slice_and_the_head_only() -> None:
@@ -49,15 +64,23 @@ def test_a_low_rank_device_updates_its_slice_and_the_head_only() -> None:
     a_key = "blocks.0.attn.q_proj.lora_A.weight"
     assert sent[a_key].shape == (4, CFG.n_embd)
     new = masked_mean(state, [result.update])
-    assert not np.array_equal(new[a_key][:4], state[a_key][:4])
-    np.testing.assert_array_equal(new[a_key][4:], state[a_key][4:])  # nobody held rows 4..7
+    # one update: its rows are the mean; nobody held rows 4..7 (nor B's columns 4..7)
+    np.testing.assert_allclose(new[a_key][:4], sent[a_key], rtol=1e-6)
+    np.testing.assert_array_equal(new[a_key][4:], state[a_key][4:])
+    b_key = "blocks.0.attn.q_proj.lora_B.weight"
+    np.testing.assert_allclose(new[b_key][:, :4], sent[b_key], rtol=1e-6)
+    assert sent[b_key].any() and not new[b_key][:, 4:].any()  # B moved from 0, its part only
     np.testing.assert_array_equal(new["blocks.0.attn.q_proj.weight"],
                                   state["blocks.0.attn.q_proj.weight"])  # frozen base
-    whole = TrainingPlan(train=(), frozen=groups, local_steps=1, batch_size=1, lr=0.0,
-                         lora=GLOBAL)  # the global model, with its adapters at rank 8
-    sums = host.evaluate(new, WINDOWS[0], whole)
-    assert sums["positions"] == WINDOWS[0].size - len(WINDOWS[0])
-    assert 0 <= accuracy_and_loss([sums])["accuracy"] <= 1
+    # alpha / r is one constant for every rank: the global model at rank 8 is the rank-4
+    # model of its first 4 rows of A and columns of B, as the device trained it
+    low = {k: v[:4] if ".lora_A." in k else v[:, :4] if ".lora_B." in k else v
+           for k, v in new.items()}
+    whole, four = evaluation(new, GLOBAL), evaluation(low, LoraSpec(rank=4))
+    assert whole["positions"] == four["positions"] == WINDOWS[0].size - len(WINDOWS[0])
+    assert whole["correct"] == four["correct"]
+    assert whole["loss_sum"] == pytest.approx(four["loss_sum"], rel=1e-6)
+    assert whole["loss_sum"] != pytest.approx(evaluation(state, GLOBAL)["loss_sum"], rel=1e-6)
 
 
 def test_devices_take_the_largest_rank_that_fits() -> None:
