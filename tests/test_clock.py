@@ -51,9 +51,13 @@ def test_over_selection_keeps_the_first_k() -> None:
 def test_jitter_is_seeded() -> None:
     jobs = [job(i, jitter=0.5) for i in range(5)]
     a = Clock().run_round(jobs, keep=5, deadline_s=1e6, rng=np.random.default_rng(7))
-    b = Clock().run_round(jobs, keep=5, deadline_s=1e6, rng=np.random.default_rng(7))
-    assert a == b
-    assert len({t.compute_s for t in a.devices}) == 5
+    # each device's 4 s of compute times a log-normal factor exp(0.5 z), drawn from the
+    # round's generator in device order; the round ends with the slowest upload
+    rng = np.random.default_rng(7)
+    compute = [4.0 * rng.lognormal(0.0, 0.5) for _ in jobs]
+    assert [t.compute_s for t in a.devices] == pytest.approx(compute, rel=1e-12)
+    assert a.end_s == pytest.approx(1.1 + max(compute) + 2.1)
+    assert a == Clock().run_round(jobs, keep=5, deadline_s=1e6, rng=np.random.default_rng(7))
 
 
 def test_empty_round_takes_no_time() -> None:

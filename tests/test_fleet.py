@@ -30,10 +30,13 @@ def test_markov_matches_its_stationary_share_and_drop_times() -> None:
 
 def test_bernoulli_draws_once_per_time_asked() -> None:
     coin = Bernoulli(5000, 0.3, np.random.default_rng(1))
+    # each new time asked: one uniform draw per device from the generator, online below p
+    draws = np.random.default_rng(1)
     first = coin.online(10.0)
+    np.testing.assert_array_equal(first, draws.random(5000) < 0.3)
     assert first.mean() == pytest.approx(0.3, abs=0.03)
-    np.testing.assert_array_equal(coin.online(10.0), first)
-    assert not np.array_equal(coin.online(20.0), first)
+    np.testing.assert_array_equal(coin.online(10.0), first)  # the same time: no new draw
+    np.testing.assert_array_equal(coin.online(20.0), draws.random(5000) < 0.3)
 
 
 def test_trace_formats_agree(tmp_path: Path) -> None:

@@ -74,7 +74,10 @@ def test_host_update_touches_only_the_kept_elements() -> None:
     key = "blocks.0.mlp.fc_in.weight"
     kept = np.zeros(CFG.ffn_size, bool)
     kept[list(part.units)] = True
-    assert not np.array_equal(new[key][kept], STATE[key][kept])
+    # one update: the kept rows (in the order of part.units, sorted) are what it sent
+    assert list(part.units) == sorted(part.units)
+    np.testing.assert_allclose(new[key][kept], result.update.tensors[key], rtol=1e-6)
+    assert not np.array_equal(result.update.tensors[key], STATE[key][kept])  # it trained
     np.testing.assert_array_equal(new[key][~kept], STATE[key][~kept])
     fc_out = "blocks.0.mlp.fc_out.weight"
     np.testing.assert_array_equal(new[fc_out][:, ~kept], STATE[fc_out][:, ~kept])
