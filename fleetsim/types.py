@@ -15,7 +15,7 @@ import numpy as np
 
 DeviceId = int
 ModelState = Mapping[str, np.ndarray]
-Status = Literal["ok", "oom", "straggler", "offline", "failed", "skipped"]
+Status = Literal["ok", "oom", "straggler", "offline", "failed", "skipped", "stale"]
 
 
 MIB = 1 << 20  # bytes in a MiB: device budgets and memory are given in MiB
@@ -225,3 +225,26 @@ class RoundRecord:
     aggregated: bool
     online: int = 0  # devices online when the round started
     online_by_class: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRecord(DeviceRecord):
+    """A device's job in asynchronous mode (`round`: the server step it ended in): when
+    it was sent and ended on the clock, the version it started from, and how many
+    server steps old its update was when it arrived (None: it never arrived)."""
+
+    dispatch_s: float = 0.0
+    end_s: float = 0.0
+    start_version: int = 0
+    staleness: int | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord(RoundRecord):
+    """A server step in asynchronous mode (`round`: the step; it makes version round + 1;
+    `round_time_s`: the time since the previous step)."""
+
+    stale: int = 0  # updates dropped as too old
+    staleness_mean: float | None = None  # of the updates applied
+    staleness_max: int | None = None
+    in_flight: int = 0  # jobs still training after the step

@@ -133,11 +133,36 @@ class FaultConfig(Strict):
     delay_s: float = Field(default=0.0, ge=0)
 
 
+class StalenessConfig(Strict):
+    """The weight s(tau) of an update tau server steps old: constant 1, polynomial
+    (1 + tau)^-a, or hinge (1 up to b steps, then 1 / (a (tau - b) + 1))."""
+
+    kind: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    a: float = Field(default=0.5, ge=0)
+    b: int = Field(default=4, ge=0)
+
+
+class FedBuffConfig(Strict):
+    """Asynchronous (buffered) aggregation, FedBuff: `concurrency` devices train at
+    once; the server steps after every `buffer_size` arrived updates (1: FedAsync)."""
+
+    concurrency: int = Field(default=10, ge=1)
+    buffer_size: int = Field(default=5, ge=1)
+    staleness: StalenessConfig = StalenessConfig()
+    server_lr: float = Field(default=1.0, gt=0)
+    max_staleness: int | None = Field(default=None, ge=0, description="older: dropped")
+    wait_s: float = Field(default=60.0, gt=0, description="retry when no device is free")
+
+
 class SelectionConfig(Strict):
+    # sync: rounds with a barrier; async: FedBuff, `rounds` counts server steps and
+    # deadline_s bounds each job
+    mode: Literal["sync", "async"] = "sync"
     devices_per_round: int = Field(default=10, ge=1)
     over_selection: float = Field(default=0.0, ge=0, le=5)
     deadline_s: float = Field(default=3600.0, gt=0)
     min_updates: int = Field(default=1, ge=1)
+    fedbuff: FedBuffConfig = FedBuffConfig()
 
 
 class OptimizerConfig(Strict):

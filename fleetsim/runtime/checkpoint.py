@@ -2,7 +2,8 @@
 and never code, so resuming a run directory from someone else runs nothing it holds.
 
 A checkpoint is two files named after its round: `round-<r>.safetensors` (the global
-state, and every array of the fleet's state under `~fleet/...`) and `round-<r>.json`
+state, every array of the fleet's state under `~fleet/...` and, in asynchronous mode,
+the older versions jobs in flight start from under `~versions/...`) and `round-<r>.json`
 (the round, the clock's time, the evaluation before the first round, the lengths of the
 output files, the fleet's state with its arrays replaced by references, the policy's
 `state_dict()` if it has one, and the SHA-256 of both the tensor file and its own body).
@@ -37,6 +38,7 @@ FOLDER = "checkpoint"
 KEEP = 2  # checkpoints kept: the newest, and the one to fall back on
 FORMAT = 2  # 1 was a pickle, which is never loaded
 FLEET_PREFIX = "~fleet/"  # tensor names of the fleet's arrays (a model's never start so)
+VERSIONS_PREFIX = "~versions/"  # and of an asynchronous run's older versions
 NAME = re.compile(r"round-(\d+)\.json")
 
 
@@ -49,6 +51,8 @@ class Checkpoint:
     fleet: Any  # Fleet.snapshot(): plain values and numpy arrays
     initial: dict[str, float | None]  # the evaluation before the first round
     offsets: dict[str, int]  # bytes of each output file when the round was done
+    # an asynchronous run's older global versions its jobs in flight start from
+    versions: Mapping[int, ModelState] | None = None
 
 
 def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
@@ -56,12 +60,14 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     folder.mkdir(exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     fleet = to_plain(ckpt.fleet, FLEET_PREFIX, arrays)
+    versions = to_plain(ckpt.versions, VERSIONS_PREFIX, arrays)
     tensors = {**{k: np.ascontiguousarray(v) for k, v in ckpt.state.items()}, **arrays}
     tensor_file, data = f"round-{ckpt.round}.safetensors", save(tensors)
     replace_atomically(folder / tensor_file, partial(Path.write_bytes, data=data))
     body = {"format": FORMAT, "round": ckpt.round, "clock_s": ckpt.clock_s,
             "initial": ckpt.initial, "offsets": ckpt.offsets, "fleet": fleet,
-            "policy": ckpt.policy, "tensors": tensor_file, "tensors_sha256": _sha256(data)}
+            "policy": ckpt.policy, "versions": versions, "tensors": tensor_file,
+            "tensors_sha256": _sha256(data)}
     write_atomic(folder / f"round-{ckpt.round}.json",
                  json.dumps({**body, "sha256": _sha256(_canonical(body))}) + "\n")
     for old in _rounds(folder)[KEEP:]:
@@ -99,9 +105,11 @@ def _load(folder: Path, r: int) -> Checkpoint:
     if _sha256(data) != saved["tensors_sha256"]:
         raise ValueError(f"{saved['tensors']} fails its checksum")
     tensors = load(data)
-    state = {k: v for k, v in tensors.items() if not k.startswith(FLEET_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith("~")}
+    versions = from_plain(saved.get("versions"), tensors)
     return Checkpoint(saved["round"], state, saved["policy"], saved["clock_s"],
-                      from_plain(saved["fleet"], tensors), saved["initial"], saved["offsets"])
+                      from_plain(saved["fleet"], tensors), saved["initial"], saved["offsets"],
+                      None if versions is None else {int(v): s for v, s in versions.items()})
 
 
 def to_plain(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:

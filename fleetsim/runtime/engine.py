@@ -23,6 +23,7 @@ import numpy as np
 from fleetsim.device.submodel import residual_problem
 from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
+from fleetsim.runtime.buffered import play_async
 from fleetsim.runtime.checkpoint import (
     Checkpoint,
     output_offsets,
@@ -48,6 +49,7 @@ from fleetsim.types import (
     ModelState,
     RoundContext,
     RoundRecord,
+    StepRecord,
     TrainingPlan,
 )
 from fleetsim.views.export import export_csv
@@ -86,6 +88,9 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
             records, devices = resumed.records, resumed.devices
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
                            "resumed_after_round": len(records) - 1 if resumed else None})
+        if run.scenario.selection.mode == "async":
+            state = await play_async(run, out_dir, state, initial, records,
+                                     resumed.versions if resumed else {})
         for r in range(len(records), run.scenario.rounds):
             record, devices, state = await play_round(run, r, state,
                                                       records[-1] if records else None, devices)
@@ -303,6 +308,8 @@ def summarize(run: Run, initial: Evaluation, records: Sequence[RoundRecord]) -> 
                     ("selected", "completed", "stragglers", "offline", "oom", "failed",
                      "skipped")},
         "rounds_aggregated": sum(r.aggregated for r in records),
+        **({"stale": sum(r.stale for r in records if isinstance(r, StepRecord))}
+           if run.scenario.selection.mode == "async" else {}),
     }
 
 

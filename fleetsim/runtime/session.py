@@ -27,12 +27,14 @@ from fleetsim.types import (
     DeviceRecord,
     DeviceState,
     Evaluation,
+    JobRecord,
     LoraSpec,
     ModelInfo,
     ModelState,
     OptimizerSpec,
     RoundRecord,
     SetupContext,
+    StepRecord,
     TrainingDefaults,
 )
 from fleetsim.views.metrics import RunWriter, read_jsonl
@@ -131,6 +133,7 @@ class Resumed:
     initial: Evaluation
     records: list[RoundRecord]
     devices: list[DeviceRecord]
+    versions: dict[int, ModelState]  # asynchronous: older versions jobs in flight need
 
 
 def resume_point(run: Run, out_dir: Path) -> Resumed | None:
@@ -141,13 +144,17 @@ def resume_point(run: Run, out_dir: Path) -> Resumed | None:
         return None
     truncate_outputs(out_dir, ckpt.offsets)  # the writer appends: what followed it goes
     run.clock.restore(ckpt.clock_s)
-    run.fleet.restore(ckpt.fleet)
+    if ckpt.fleet is not None:  # an asynchronous run replays its clock, fleet included
+        run.fleet.restore(ckpt.fleet)
     if ckpt.policy is not None:
         run.policy.load_state_dict(ckpt.policy)  # type: ignore[attr-defined]
-    records = [RoundRecord(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
-    devices = [DeviceRecord(**row) for row in read_jsonl(out_dir / "devices.jsonl")
+    step, job = ((StepRecord, JobRecord) if run.scenario.selection.mode == "async"
+                 else (RoundRecord, DeviceRecord))
+    records = [step(**row) for row in read_jsonl(out_dir / "rounds.jsonl")]
+    devices = [job(**row) for row in read_jsonl(out_dir / "devices.jsonl")
                if row["round"] == ckpt.round]
-    return Resumed(ckpt.state, Evaluation(**ckpt.initial), records, devices)
+    return Resumed(ckpt.state, Evaluation(**ckpt.initial), records, devices,
+                   dict(ckpt.versions or {}))
 
 
 def training_defaults(scenario: Scenario, r: int) -> TrainingDefaults:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from fleetsim import PROJECT_ROOT
-from fleetsim.config.scenario import Scenario, SelectionConfig, load_scenario, scenario_to_yaml
+from fleetsim.config.scenario import Scenario, SelectionConfig, load_scenario
 from fleetsim.config.strict import Strict, parse_model, read_yaml
 from fleetsim.errors import ConfigError
 from fleetsim.runtime.batch import BatchRun, Outcome, default_jobs, run_batch, single_host
@@ -413,7 +413,16 @@ def finished_before(run: BatchRun, durations: Mapping[str, float], out_dir: Path
     written = run.out_dir / "scenario.yaml"
     return ((run.out_dir / "summary.json").is_file()
             and str(run.out_dir.relative_to(out_dir)) in durations and written.is_file()
-            and written.read_text() == scenario_to_yaml(run.scenario))
+            and same_scenario(written, run.scenario))
+
+
+def same_scenario(written: Path, scenario: Scenario) -> bool:
+    """The written scenario, read with today's schema (keys added since take their
+    defaults), is `scenario`; one that no longer reads is not."""
+    try:
+        return load_scenario(written) == scenario
+    except ConfigError:
+        return False
 
 
 def _fmt(accuracy: float | None) -> str:
