@@ -38,8 +38,13 @@ def context(devices: tuple[DeviceState, ...]) -> RoundContext:
                         np.random.default_rng(0))
 
 
-def test_registry_holds_fedavg() -> None:
-    assert "fedavg" in registered()
+def test_registry_holds_the_readmes_policies() -> None:
+    """Every policy the README's table describes is registered, and no other."""
+    readme = (ROOT / "README.md").read_text().split("\n## Policies\n")[1].split("\n## ")[0]
+    table = [line.split("|")[1].strip().strip("`") for line in readme.splitlines()
+             if line.startswith("| `")]
+    assert len(table) == 10 and table[:2] == ["fedavg", "caff"]
+    assert sorted(registered()) == sorted(table)
     with pytest.raises(LookupError, match="unknown policy"):
         create_policy("fedavgg", {})
 
@@ -91,7 +96,15 @@ def test_a_minimal_user_policy_writes_only_plan_round(tmp_path: Path) -> None:
     update = Update(0, 1.0, {"w": np.ones(2, np.float32)})
     new = policy.aggregate(ctx, {"w": np.zeros(2, np.float32)}, [update])
     np.testing.assert_allclose(new["w"], [1, 1])  # the masked mean by default
-    assert set(policy.plan_round(ctx)) == {0, 1}
+    # k = 2 is every block of gpt-2x64: the whole model, embeddings too; 2 epochs of 20
+    # examples in batches of 8 are 5 steps
+    plans = policy.plan_round(ctx)
+    assert sorted(plans) == [0, 1]
+    for plan in plans.values():
+        assert (plan.train, plan.frozen) == (("embed", "block.0", "block.1", "head"), ())
+        assert (plan.local_steps, plan.batch_size, plan.lr) == (5, 8, 0.1)
+    one = create_policy(f"{source}:Mine", {"k": 1}).plan_round(ctx)[0]
+    assert (one.train, one.frozen) == (("block.1", "head"), ("embed", "block.0"))
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         create_policy(f"{source}:Mine", {"k": -1})
 

@@ -104,14 +104,20 @@ def test_good_scenarios_validate(path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["validate", str(path)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.count("\n") == 1 and "ok" in out
+    raw = yaml.safe_load(path.read_text())  # the file as written; no policy: FedAvg
+    devices = sum(entry["count"] for entry in raw["fleet"])
+    policy = raw.get("policy", {"name": "fedavg"})["name"]
+    assert out == (f"{path}: ok ({devices} devices, {raw['rounds']} rounds, policy {policy}, "
+                   f"model {raw['model']['name']})\n")
 
 
 def test_device_classes_are_resolved() -> None:
     scenario = load_scenario(GOOD[0])
     assert set(scenario.device_classes) == {"phone_low", "phone_mid", "rpi4"}
-    for name, profile in scenario.device_classes.items():
-        assert isinstance(profile, DeviceProfile) and profile.name == name
+    for name, profile in scenario.device_classes.items():  # each as its file says
+        raw = yaml.safe_load((DEVICES_DIR / f"{name}.yaml").read_text())
+        assert profile.model_dump(include=set(raw)) == raw
+    assert scenario.device_classes["rpi4"].memory_mb == 512  # devices/rpi4.yaml
 
 
 def write(tmp_path: Path, text: str) -> Path:
