@@ -14,7 +14,7 @@ import yaml
 from fleetsim.config.scenario import load_scenario
 from fleetsim.errors import ConfigError
 from fleetsim.suite.paper import load_suite, planned_runs, run_suite, tuning_plan
-from fleetsim.suite.tuning import choose, load_tuning
+from fleetsim.suite.tuning import load_tuning
 from fleetsim.views.metrics import read_jsonl
 from tests.conftest import SMOKE
 
@@ -53,8 +53,10 @@ def test_tuned_on_the_first_seed_frozen_for_all(tmp_path: Path) -> None:
     tuned = json.loads((out / "tiny" / "tuning.json").read_text())["policies"]
     assert sorted(tuned) == ["fedavg", "lora"]  # head_only has no grid: not tuned
     for trials in tuned.values():
+        # the best validation accuracy of the trials' runs wins, the first on a tie
         scores = [t["validation_accuracy"] for t in trials["trials"]]
-        assert trials["choice"] == trials["trials"][choose(scores)]["set"]
+        assert scores == [accuracies(out / "tiny" / t["run"])[-1] for t in trials["trials"]]
+        assert trials["choice"] == trials["trials"][scores.index(max(scores))]["set"]
         for trial in trials["trials"]:
             ran = scenario_of(out / "tiny" / trial["run"])
             assert ran["eval"]["split"] == "validation" and ran["seed"] == 0
@@ -133,8 +135,11 @@ def plan_of(tmp_path: Path, text: str, reduced: bool = False) -> dict:
 
 def test_grids_per_experiment_upper_bound_and_reduced(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, TUNED)
-    assert len(plan["fedavg"]) == 2 and len(plan["upper_bound"]) == 3
-    assert plan["lora"][1] == {"policy.params.rank": "2", "policy.params.scale": "2"}
+    assert plan == {  # the experiment's lora grid beside the suite's; grid order
+        "fedavg": [{"training.lr": lr} for lr in ("0.01", "0.03")],
+        "lora": [{"policy.params.rank": r, "policy.params.scale": c}
+                 for r in ("2", "4") for c in ("1", "2")],
+        "upper_bound": [{"training.lr": lr} for lr in ("0.01", "0.03", "0.1")]}
     without = plan_of(tmp_path, TUNED.replace("    upper_bound: {training.lr: [0.01, 0.03, "
                                               "0.1]}\n", ""))
     assert without["upper_bound"] == without["fedavg"]  # the upper bound is FedAvg

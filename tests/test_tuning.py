@@ -31,18 +31,15 @@ from fleetsim.suite.tuning import (
 )
 from fleetsim.views.compare import with_policy
 from tests.conftest import SMOKE
+from tests.test_outputs import jsonl
 
 TINY = ["--set", "rounds=1", "--set", "training.local_steps=1", "--set", "eval.max_samples=32"]
 
 
 def test_grid_expands_first_key_slowest() -> None:
     grid = parse_grid(["training.lr=0.1,0.3", "policy.params.rank=4,8,16"], "cli")
-    settings = expand(grid)
-    assert len(settings) == 6
-    assert settings[:4] == [{"training.lr": "0.1", "policy.params.rank": "4"},
-                            {"training.lr": "0.1", "policy.params.rank": "8"},
-                            {"training.lr": "0.1", "policy.params.rank": "16"},
-                            {"training.lr": "0.3", "policy.params.rank": "4"}]
+    assert expand(grid) == [{"training.lr": lr, "policy.params.rank": rank}
+                            for lr in ("0.1", "0.3") for rank in ("4", "8", "16")]
 
 
 @pytest.mark.parametrize("items", [["training.lr"], ["training.lr="], ["=1"], [],
@@ -118,7 +115,12 @@ def test_tune_runs_the_grid_and_prints_the_choice(tmp_path: Path,
     assert [t["set"] for t in tuned["trials"]] == [
         {"training.lr": "0.0001", "policy.params.rank": "2"},
         {"training.lr": "0.01", "policy.params.rank": "2"}]
-    assert tuned["choice"] == tuned["trials"][choose(accuracies)]["set"]
+    # each trial's score is its run's last validation accuracy; the best wins, the first
+    # on a tie
+    assert accuracies == [jsonl(out / t["run"] / "rounds.jsonl")[-1]["accuracy"]
+                          for t in tuned["trials"]]
+    best = accuracies.index(max(accuracies))
+    assert tuned["choice"] == tuned["trials"][best]["set"]
     for trial in tuned["trials"]:
         ran = yaml.safe_load((out / trial["run"] / "scenario.yaml").read_text())
         assert ran["eval"]["split"] == "validation"
