@@ -63,15 +63,30 @@ def same_results(one: Path, other: Path) -> None:
     assert summaries[0] == summaries[1]
 
 
+def uninterrupted(folder: Path, *settings: str) -> Path:
+    source = folder / "scenario.yaml"
+    source.write_text(SCENARIO)
+    out = folder / "out"
+    assert finished(fleetsim("run", str(source), "--out", str(out), *settings)) == 0
+    statuses = {r["status"] for r in read_jsonl(out / "devices.jsonl")}
+    assert {"ok", "offline"} <= statuses  # churn is part of what resume must restore
+    return out
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run never interrupted."""
-    source = tmp_path_factory.mktemp("whole") / "scenario.yaml"
-    source.write_text(SCENARIO)
-    assert finished(fleetsim("run", str(source), "--out", str(source.parent / "out"))) == 0
-    statuses = {r["status"] for r in read_jsonl(source.parent / "out" / "devices.jsonl")}
-    assert {"ok", "offline"} <= statuses  # churn is part of what resume must restore
-    return source.parent / "out"
+    return uninterrupted(tmp_path_factory.mktemp("whole"))
+
+
+@pytest.fixture(scope="module")
+def whole_async(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run never interrupted, asynchronous: 4 training at once, a step every 2
+    arrivals, so jobs in flight at a checkpoint start from older versions."""
+    out = uninterrupted(tmp_path_factory.mktemp("whole-async"), "--set", "selection.mode=async",
+                        "--set", "selection.fedbuff={concurrency: 4, buffer_size: 2}")
+    assert any(j["staleness"] for j in read_jsonl(out / "devices.jsonl"))
+    return out
 
 
 # killed after round 2's records but before its checkpoint (resume drops and replays
@@ -94,6 +109,18 @@ def test_killed_run_resumes_to_the_same_results(whole: Path, tmp_path: Path, kil
 
     assert finished(fleetsim("resume", str(killed))) == 0
     same_results(killed, whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["2:records", "3:checkpoint"])
+def test_killed_async_run_resumes_to_the_same_results(whole_async: Path, tmp_path: Path,
+                                                       kill_at: str) -> None:
+    killed = tmp_path / "killed"
+    victim = fleetsim("run", str(whole_async / "scenario.yaml"), "--out", str(killed),
+                      kill_at=kill_at)
+    assert finished(victim) == -signal.SIGKILL
+    assert finished(fleetsim("resume", str(killed))) == 0
+    same_results(killed, whole_async)
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
 from fleetsim.runtime.aggregate import rebased, staleness_weight
 from fleetsim.runtime.checkpoint import Checkpoint, output_offsets, save_checkpoint
@@ -151,6 +152,10 @@ class AsyncPlay:
             self._simulate(launch=False)
         for v in [v for v in self.dispatcher.skipped if v < first_step]:
             del self.dispatcher.skipped[v]
+        missing = self.in_flight_versions.get(first_step - 1, set()) - {first_step, *older}
+        if missing:
+            raise FleetsimError(f"the checkpoint lacks versions {sorted(missing)} that jobs "
+                                "in flight start from")
 
     def _simulate(self, launch: bool = True) -> None:
         step = self.timeline.next_step()
