@@ -6,6 +6,8 @@ ConfigError naming the key."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import json
 import re
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 import fleetsim
 from fleetsim.config.scenario import load_scenario
 from fleetsim.errors import ConfigError
+from tests.test_outputs import jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "scenarios" / "smoke.yaml"
@@ -72,13 +75,26 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "compare_policies.py"),
                            str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("fedavg: ") and "in 2 rounds" in lines[0]
-    assert [line.split(":")[0] for line in lines[1:3]] == ["head_only", "lora"]
-    assert (tmp_path / "compare" / "comparison.csv").is_file()
+    # every line it prints, from the run directories' records read here
+    fedavg = json.loads((tmp_path / "fedavg" / "summary.json").read_text())
+    devices = jsonl(tmp_path / "fedavg" / "devices.jsonl")
+    expected = [f"fedavg: {fedavg['initial_accuracy']:.4f} -> {fedavg['final_accuracy']:.4f} "
+                f"in {len(jsonl(tmp_path / 'fedavg' / 'rounds.jsonl'))} rounds"]
+    for policy in ("head_only", "lora"):
+        run = tmp_path / "compare" / policy
+        final = json.loads((run / "summary.json").read_text())["final_accuracy"]
+        up = sum(d["bytes_up"] for d in jsonl(run / "devices.jsonl")) / 1e6
+        expected.append(f"{policy}: final accuracy {final:.4f}, {up:.2f} MB up")
+    oom = sum(d["status"] == "oom" for d in devices)
+    expected.append(f"device records: {len(devices)}, out of memory: {oom}")
+    assert done.stdout.splitlines() == expected
+    assert "in 2 rounds" in expected[0]
+    assert [row["policy"] for row in csv.DictReader(
+        (tmp_path / "compare" / "comparison.csv").open())] == ["head_only", "lora"]
 
 
-def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture) -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Python API")[1].split("\n## ")[0]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
@@ -86,4 +102,16 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     code = code.replace('out="runs/api-example"', f'out="{tmp_path / "api"}"')
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert (tmp_path / "api" / "summary.json").is_file()
+    # what it prints and returns is what the run directory holds, read here
+    run = tmp_path / "api"
+    rounds, devices = (jsonl(run / f"{name}.jsonl") for name in ("rounds", "devices"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1]  # rounds=2 of the file's 3
+    saved = load_scenario(run / "scenario.yaml")  # its keyword overrides
+    assert (saved.training.lr, saved.workers.backend) == (1e-4, "local")
+    printed = capsys.readouterr().out.splitlines()  # after the progress bar's lines
+    assert printed[-1] == f"{summary['final_accuracy']} {len(devices)}"
+    assert summary["final_accuracy"] == rounds[-1]["accuracy"]
+    frame = namespace["rounds"]
+    assert list(frame["round"]) == [0, 1]
+    assert list(frame["accuracy"]) == [r["accuracy"] for r in rounds]
