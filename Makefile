@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SCENARIO ?= scenarios/default.yaml
 
-.PHONY: run test test-fast smoke lint clean paper paper-reduced
+.PHONY: run test test-fast smoke lint clean paper paper-reduced async-results
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ paper: $(STAMP)
 
 paper-reduced: $(STAMP)
 	$(BIN)/fleetsim paper --reduced
+
+# synchronous against asynchronous (FedBuff) rounds: docs/results-async.md
+async-results: $(STAMP)
+	$(BIN)/python -m fleetsim.suite.asynchrony
 
 lint: $(STAMP)
 	$(BIN)/ruff check fleetsim policies tests benchmarks

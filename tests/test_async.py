@@ -101,3 +101,34 @@ def test_same_seed_same_records_on_one_and_two_hosts(tmp_path: Path, ray_session
     assert {"ok", "offline"} <= {j["status"] for j in one.devices}
     assert without_wall_time(one.rounds) == without_wall_time(two.rounds)
     assert without_wall_time(one.devices) == without_wall_time(two.devices)
+
+
+def test_the_views_show_staleness(tmp_path: Path) -> None:
+    """The plain line, the live view's table and the report state each step's staleness
+    as the job records give it."""
+    from rich.console import Console
+
+    from fleetsim.types import JobRecord, StepRecord
+    from fleetsim.views.dashboard import RunView, render
+    from fleetsim.views.metrics import load_run as run_data
+    from fleetsim.views.monitor import round_line
+    from fleetsim.views.report import terminal_summary
+
+    result = fleetsim.run(SMOKE, out=tmp_path / "run", progress="none", **ASYNC)
+    ok = [j for j in result.devices if j["status"] == "ok"]
+    mean = sum(j["staleness"] for j in ok) / len(ok)
+    console = Console(width=200, record=True)
+    console.print(terminal_summary(run_data(tmp_path / "run")))
+    assert f"{len(ok)} updates applied, staleness mean {mean:.2f} " \
+           f"(max {max(j['staleness'] for j in ok)})" in console.export_text()
+
+    steps = [StepRecord(**r) for r in result.rounds]
+    last = [j for j in ok if j["round"] == 3]
+    assert f"staleness {steps[3].staleness_mean:.1f}/{steps[3].staleness_max} " \
+           f"in flight {steps[3].in_flight}" in round_line(steps[3])
+    assert steps[3].staleness_mean == pytest.approx(
+        sum(j["staleness"] for j in last) / len(last))
+    view = RunView(rounds=steps, devices=[JobRecord(**j) for j in result.devices])
+    console = Console(width=200, record=True)
+    console.print(render(view))
+    assert "in flight" in console.export_text()

@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from fleetsim.types import MIB, DeviceRecord, RoundRecord
+from fleetsim.types import MIB, DeviceRecord, RoundRecord, StepRecord
 from fleetsim.views.fairness import trained_blocks
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -149,15 +149,19 @@ def _range(values: Sequence[float]) -> str:
 
 
 def _round_table(rounds: Sequence[RoundRecord]) -> Table:
-    table = Table("round", "sim s", "online", "sel", "ok", "strag", "offl", "oom", "fail",
-                  "skip", "MB up", "MB down", "train loss", "accuracy", box=None,
-                  pad_edge=False)
+    steps = bool(rounds) and isinstance(rounds[0], StepRecord)  # asynchronous mode
+    extra = ("stale", "age", "in flight") if steps else ()
+    table = Table("step" if steps else "round", "sim s", "online", "sel", "ok", "strag",
+                  "offl", "oom", "fail", "skip", *extra, "MB up", "MB down", "train loss",
+                  "accuracy", box=None, pad_edge=False)
     for column in table.columns:  # a narrow terminal cuts the table, never wraps a title
         column.no_wrap = True
     for r in rounds:
+        ages = ((str(r.stale), f"{fmt(r.staleness_mean, 1)}/{r.staleness_max or 0}",
+                 str(r.in_flight)) if isinstance(r, StepRecord) else ())
         table.add_row(str(r.round), f"{r.sim_time_s:,.0f}", str(r.online), str(r.selected),
                       str(r.completed), str(r.stragglers), str(r.offline), str(r.oom),
-                      str(r.failed), str(r.skipped), f"{r.bytes_up / 1e6:.1f}",
+                      str(r.failed), str(r.skipped), *ages, f"{r.bytes_up / 1e6:.1f}",
                       f"{r.bytes_down / 1e6:.1f}", fmt(r.train_loss), fmt(r.accuracy))
     return table
 
@@ -192,5 +196,5 @@ def _trained(ok: Sequence[DeviceRecord]) -> str:
     return f"{blocks:.1f} blocks" + (f", LoRA rank {'/'.join(ranks)}" if ranks else "")
 
 
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

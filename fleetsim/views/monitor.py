@@ -14,16 +14,19 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from fleetsim.types import DeviceRecord, RoundRecord
+from fleetsim.types import DeviceRecord, RoundRecord, StepRecord
 from fleetsim.views.dashboard import RunView, fmt, render, rounds_that_fit
 
 
 def round_line(r: RoundRecord) -> str:
-    """One plain log line per round."""
-    return (f"round {r.round}: sim {r.sim_time_s:.1f}s selected {r.selected} ok {r.completed} "
-            f"stragglers {r.stragglers} oom {r.oom} failed {r.failed} skipped {r.skipped} "
-            f"up {r.bytes_up / 1e6:.2f}MB train_loss {fmt(r.train_loss)} "
-            f"accuracy {fmt(r.accuracy)} wall {r.wall_time_s:.2f}s")
+    """One plain log line per round (per server step in asynchronous mode, with the
+    staleness of its updates and the jobs in flight)."""
+    step = (f" stale {r.stale} staleness {fmt(r.staleness_mean, 1)}/{r.staleness_max or 0} "
+            f"in flight {r.in_flight}" if isinstance(r, StepRecord) else "")
+    return (f"{'step' if step else 'round'} {r.round}: sim {r.sim_time_s:.1f}s selected "
+            f"{r.selected} ok {r.completed} stragglers {r.stragglers} oom {r.oom} failed "
+            f"{r.failed} skipped {r.skipped}{step} up {r.bytes_up / 1e6:.2f}MB train_loss "
+            f"{fmt(r.train_loss)} accuracy {fmt(r.accuracy)} wall {r.wall_time_s:.2f}s")
 
 
 class PlainObserver:

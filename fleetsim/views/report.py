@@ -57,7 +57,7 @@ def terminal_summary(run: RunData) -> Group:
                 f"{s.get('model', '?')}, {len(run.rounds)} rounds"
                 + ("" if s else " (unfinished)") + f", simulated "
                 f"{last.get('sim_time_s', 0):,.0f} s; accuracy {_f(s.get('initial_accuracy'))}"
-                f" -> {_f(s.get('final_accuracy'))}")
+                f" -> {_f(s.get('final_accuracy'))}" + asynchrony(run))
     table = Table("class", "selected", "ok", "ok share", "oom", "offline", "peak MB", "cap MB",
                   "MB up", "blocks", "accuracy", box=None)
     for row in class_rows(run):
@@ -66,6 +66,17 @@ def terminal_summary(run: RunData) -> Group:
                       f"{row['peak_mb']:.1f}", _f(row["cap_mb"], 1), f"{row['mb_up']:.1f}",
                       _f(row["blocks"], 2), _f(row["accuracy"]))
     return Group(head, table)
+
+
+def asynchrony(run: RunData) -> str:
+    """For an asynchronous run: its server steps' staleness and the updates dropped."""
+    ages = [d["staleness"] for d in run.devices if d.get("staleness") is not None
+            and d["status"] == "ok"]
+    if "staleness" not in (run.devices[0] if run.devices else {}):
+        return ""
+    return (f"\nasynchronous: {len(ages)} updates applied, staleness mean "
+            f"{_f(float(np.mean(ages)) if ages else None, 2)} (max {max(ages, default=0)}), "
+            f"{sum(d['status'] == 'stale' for d in run.devices)} dropped as stale")
 
 
 def plot_runs(runs: Sequence[RunData], path: Path) -> Path:
