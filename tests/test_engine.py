@@ -99,14 +99,22 @@ def test_in_process_backend_matches_ray(two_worker_run: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_cli_run_smoke(tmp_path: Path) -> None:
-    """The documented command, in its own process with its own Ray."""
+def test_cli_run_smoke(two_worker_run: Path, tmp_path: Path) -> None:
+    """The documented command, in its own process with its own Ray: the same rounds as
+    the engine run in this process, a line for each."""
     out = tmp_path / "cli"
     done = subprocess.run([sys.executable, "-m", "fleetsim", "run", str(SMOKE), "--no-live",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(read_jsonl(out / "rounds.jsonl")) == 3
-    assert "round 2:" in done.stdout and "done:" in done.stdout
+    rounds = without_wall_time(read_jsonl(out / "rounds.jsonl"))
+    assert rounds == without_wall_time(read_jsonl(two_worker_run / "rounds.jsonl"))
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("round ")] == \
+        ["round 0", "round 1", "round 2"]
+    for r in rounds:
+        line = next(line for line in lines if line.startswith(f"round {r['round']}:"))
+        assert f"accuracy {r['accuracy']:.4f}" in line and f"ok {r['completed']} " in line
+    assert lines[-1].startswith("done: ")
 
 
 def test_cli_refuses_to_overwrite_a_run(two_worker_run: Path, capsys: pytest.CaptureFixture) \
