@@ -61,14 +61,17 @@ class Dispatcher:
             scenario.seed, DISPATCH_STREAMS, self.calls).spawn(3))
         self.calls += 1
         run.fleet.advance(now_s)
-        free = np.array([d for d in run.fleet.online(now_s) if int(d) not in busy], int)
+        online = run.fleet.online(now_s)
+        training = np.zeros(len(run.fleet), bool)
+        training[list(busy)] = True
+        free = online[~training[online]]
         if not len(free):
             return []
         picked = sorted(int(d) for d in select_rng.choice(free, min(count, len(free)),
                                                           replace=False))
         devices = tuple(run.fleet.state(d, now_s) for d in picked)
-        training = training_defaults(scenario, version)
-        ctx = RoundContext(version, scenario.rounds, now_s, devices, run.model, training,
+        defaults = training_defaults(scenario, version)
+        ctx = RoundContext(version, scenario.rounds, now_s, devices, run.model, defaults,
                            scenario.selection.deadline_s, None, policy_rng)
         from fleetsim.runtime.engine import checked_plans
 
@@ -79,7 +82,7 @@ class Dispatcher:
             if d not in plans:
                 self.skipped[version].append(skipped_record(device, version, now_s))
                 continue
-            job = replace(clock_job(run.model.config, plans[d], device, training.seq_len),
+            job = replace(clock_job(run.model.config, plans[d], device, defaults.seq_len),
                           offline_at_s=run.fleet.offline_at(d, now_s))
             durations = job.durations(clock_rng)
             cap = run.fleet.memory_during(d, now_s, now_s + sum(durations))
