@@ -12,8 +12,9 @@ and after, shutdown) and by its rounds alone.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 10]
 
-fleetsim runs twice: with one single-thread host per core (the default) and with one host
-training on every core (no idle core at a round's end: 5 jobs on 2 hosts run as 3 + 2).
+fleetsim runs three times: with one single-thread host per core (the default), with one
+host training on every core (no idle core at a round's end: 5 jobs on 2 hosts run as
+3 + 2), and asynchronously (FedBuff, 5 at once, a step every 5 arrivals: no barrier).
 Prints each time and the ratios to the limit (goal: whole process at most 1.05x).
 """
 
@@ -39,7 +40,7 @@ rounds: {rounds}
 model: {{name: gpt-4x128}}
 data: {{clients: {{min_train_samples: 32}}}}
 fleet: [{{class: laptop, count: 20, overrides: {{compute_jitter: 0.0}}}}]
-selection: {{devices_per_round: 5, deadline_s: 100000}}
+selection: {{devices_per_round: 5, deadline_s: 100000{asynchronous}}}
 training: {{local_steps: 10, batch_size: 32, optimizer: {{name: sgd}}, lr: 0.05}}
 policy: {{name: fedavg}}
 eval: {{every: {rounds}, max_samples: {samples}}}
@@ -50,7 +51,11 @@ CORES = os.cpu_count() or 1
 # fleetsim's default pool, and one host training on every core (5 jobs on 2 single-thread
 # hosts run as 3 + 2, so one core idles at each round's end)
 VARIANTS = {"one host per core": "{count: auto}",
-            f"one {CORES}-thread host": f"{{count: 1, threads_per_host: {CORES}}}"}
+            f"one {CORES}-thread host": f"{{count: 1, threads_per_host: {CORES}}}",
+            "one host per core, asynchronous": "{count: auto}"}
+# FedBuff with 5 devices training at once and a step every 5 arrivals: the same 50 jobs
+# in 10 server steps, without the round barrier
+ASYNCHRONOUS = ", mode: async, fedbuff: {concurrency: 5, buffer_size: 5}"
 
 
 def bare_steps(steps: int, threads: int, seed: int) -> float:
@@ -80,11 +85,13 @@ def _share(args: tuple[int, int]) -> float:
     return bare_steps(args[0], 1, args[1])
 
 
-def fleetsim_run(rounds: int, workers: str) -> tuple[float, float]:
+def fleetsim_run(rounds: int, workers: str, asynchronous: bool = False
+                 ) -> tuple[float, float]:
     """(whole process seconds, rounds-only seconds) of `fleetsim run` with `workers`."""
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "overhead.yaml"
-        source.write_text(SCENARIO.format(rounds=rounds, samples=100) + f"workers: {workers}\n")
+        source.write_text(SCENARIO.format(rounds=rounds, samples=100, asynchronous=(
+            ASYNCHRONOUS if asynchronous else "")) + f"workers: {workers}\n")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fleetsim", "run", str(source), "--no-live",
                         "--out", str(Path(tmp) / "out")], check=True, capture_output=True)
@@ -109,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     cores = CORES
     steps = args.rounds * 5 * 10
-    runs = {name: fleetsim_run(args.rounds, workers) for name, workers in VARIANTS.items()}
+    runs = {name: fleetsim_run(args.rounds, workers, "asynchronous" in name)
+            for name, workers in VARIANTS.items()}
     one = bare_steps(steps, 1, 0)
     every = bare_steps(steps, cores, 0)
     loops, loops_whole = per_core(steps, cores)

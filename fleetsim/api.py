@@ -124,10 +124,11 @@ def is_complete(run_dir: Path) -> bool:
 
 def compare(scenario: ScenarioLike, policies: Sequence[str], *, out: str | Path | None = None,
             progress: Progress | None = None, settings: Mapping[str, str] = {},
-            **overrides: Any) -> Comparison:
+            modes: Sequence[str] = (), **overrides: Any) -> Comparison:
     """Run the scenario under each policy (its own params when it is the scenario's
     policy, else none) into OUT/<policy>/ and write comparison.csv, comparison.md and
-    comparison.png in `out`."""
+    comparison.png in `out`. `modes` ("sync", "async"): each policy in each mode, as
+    "<policy> (<mode>)" in OUT/<policy>-<mode>/, compared at equal simulated time."""
     from fleetsim.config.scenario import check_policy
     from fleetsim.views.compare import rows_of, with_policy, write_comparison
     from fleetsim.views.metrics import load_run as load
@@ -136,19 +137,33 @@ def compare(scenario: ScenarioLike, policies: Sequence[str], *, out: str | Path 
     loaded, source = load_scenario_like(scenario, {**settings, **as_settings(overrides)})
     if not policies:
         raise ConfigError(source, "policies", "name at least one policy")
-    variants = {name: with_policy(loaded, name) for name in policies}
-    for variant in variants.values():  # every policy checked before any run starts
+    for mode in modes:
+        if mode not in ("sync", "async"):
+            raise ConfigError(source, "modes", f"{mode!r} is not a mode (sync, async)")
+    variants = {f"{name} ({mode})" if modes else name: (name, mode_of(with_policy(
+        loaded, name), mode)) for name in policies for mode in modes or [""]}
+    for _, variant in variants.values():  # every policy checked before any run starts
         check_policy(variant, source)
     out_dir = output_dir(out, loaded.output.dir, f"{loaded.name}-compare",
                          marker="comparison.csv")
-    run_dirs = {name: out_dir / name.replace("/", "_").replace(":", "_") for name in policies}
-    for name, variant in variants.items():
-        play(variant, source, run_dirs[name], progress)
-    runs = [load(run_dirs[name], name) for name in policies]
+    run_dirs = {label: out_dir / (name.replace("/", "_").replace(":", "_")
+                                  + (f"-{variant.selection.mode}" if modes else ""))
+                for label, (name, variant) in variants.items()}
+    for label, (_, variant) in variants.items():
+        play(variant, source, run_dirs[label], progress)
+    runs = [load(run_dirs[label], label) for label in variants]
     rows = rows_of(runs)
     write_comparison(out_dir, rows)
     plot_runs(runs, out_dir / "comparison.png")
     return Comparison(out_dir, rows, {name: load_run(d) for name, d in run_dirs.items()})
+
+
+def mode_of(scenario: Scenario, mode: str) -> Scenario:
+    """The scenario in `mode` ("sync" or "async"; "": as it is)."""
+    if not mode:
+        return scenario
+    return scenario.model_copy(update={"selection": scenario.selection.model_copy(
+        update={"mode": mode})})
 
 
 def load_scenario_like(scenario: ScenarioLike, settings: Mapping[str, str] = {}

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--rounds", type=int)
     compare.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     compare.add_argument("--no-live", action="store_true")
+    compare.add_argument("--modes", default="", metavar="sync,async",
+                         help="each policy in each mode, side by side at equal simulated time")
     compare.set_defaults(command=cmd_compare)
 
     paper = sub.add_parser("paper", help="the reproduction suite: runs, tables, claims")
@@ -266,8 +268,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fleetsim.views.compare import markdown_table
 
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     comparison = compare(args.scenario, names, out=args.out, progress=_progress(args),
-                         settings=_overrides(args))
+                         settings=_overrides(args), modes=modes)
     print(markdown_table(comparison.rows), end="")
     print(f"comparison written to {comparison.dir}/comparison.csv, comparison.md and "
           "comparison.png")

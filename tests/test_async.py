@@ -11,6 +11,7 @@ import pytest
 
 import fleetsim
 from fleetsim.config.scenario import FedBuffConfig, StalenessConfig
+from fleetsim.errors import ConfigError
 from fleetsim.runtime.aggregate import masked_mean, rebased, staleness_weight
 from fleetsim.types import Update
 from fleetsim.world.dispatch import AsyncTimeline, Dispatch
@@ -132,3 +133,15 @@ def test_the_views_show_staleness(tmp_path: Path) -> None:
     console = Console(width=200, record=True)
     console.print(render(view))
     assert "in flight" in console.export_text()
+
+
+def test_compare_puts_both_modes_side_by_side(tmp_path: Path) -> None:
+    comparison = fleetsim.compare(SMOKE, ["fedavg"], out=tmp_path / "cmp", progress="none",
+                                  modes=["sync", "async"],
+                                  **{k: v for k, v in ASYNC.items() if k != "selection__mode"})
+    assert [row["policy"] for row in comparison.rows] == ["fedavg (sync)", "fedavg (async)"]
+    sync, fedbuff = comparison.runs["fedavg (sync)"], comparison.runs["fedavg (async)"]
+    assert "staleness" not in sync.devices[0] and "staleness" in fedbuff.devices[0]
+    assert sync.dir.name == "fedavg-sync" and fedbuff.dir.name == "fedavg-async"
+    with pytest.raises(ConfigError, match="modes: 'asink' is not a mode"):
+        fleetsim.compare(SMOKE, ["fedavg"], out=tmp_path / "bad", modes=["asink"])
