@@ -112,3 +112,22 @@ def test_plain_values_round_trip_arrays_tuples_and_generators() -> None:
     assert back[0]["rng"] == rng.bit_generator.state and back[0]["steps"] == 4
     assert isinstance(back[0]["last"], tuple) and back[0]["last"][1].tolist() == [True, False]
     np.testing.assert_array_equal(back[0]["walk"], np.arange(3.0))
+
+
+def test_versions_sharing_tensors_are_saved_once(tmp_path: Path) -> None:
+    """An asynchronous run's older versions share the tensors a step left alone: each
+    array is written once and every version loads back equal."""
+    from fleetsim.runtime.checkpoint import FOLDER, Checkpoint, save_checkpoint
+
+    frozen, trained = np.arange(250_000, dtype=np.float32), np.ones(10, np.float32)
+    state = {"embed": frozen, "head": trained + 1}
+    older = {3: {"embed": frozen, "head": trained}, 4: {"embed": frozen, "head": trained}}
+    (tmp_path / "rounds.jsonl").touch(), (tmp_path / "devices.jsonl").touch()
+    save_checkpoint(tmp_path, Checkpoint(4, state, None, 1.0, None, {}, {}, older))
+    assert (tmp_path / FOLDER / "round-4.safetensors").stat().st_size < 1.1 * frozen.nbytes
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None and loaded.versions is not None
+    assert sorted(loaded.versions) == [3, 4]
+    for v, version in older.items():
+        assert all(np.array_equal(loaded.versions[v][k], version[k]) for k in version)
+    assert all(np.array_equal(loaded.state[k], state[k]) for k in state)

@@ -59,8 +59,9 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     folder = out_dir / FOLDER
     folder.mkdir(exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
-    fleet = to_plain(ckpt.fleet, FLEET_PREFIX, arrays)
-    versions = to_plain(ckpt.versions, VERSIONS_PREFIX, arrays)
+    stored = {id(v): k for k, v in ckpt.state.items()}  # an array held twice is saved once
+    fleet = to_plain(ckpt.fleet, FLEET_PREFIX, arrays, stored)
+    versions = to_plain(ckpt.versions, VERSIONS_PREFIX, arrays, stored)
     tensors = {**{k: np.ascontiguousarray(v) for k, v in ckpt.state.items()}, **arrays}
     tensor_file, data = f"round-{ckpt.round}.safetensors", save(tensors)
     replace_atomically(folder / tensor_file, partial(Path.write_bytes, data=data))
@@ -112,20 +113,26 @@ def _load(folder: Path, r: int) -> Checkpoint:
                       None if versions is None else {int(v): s for v, s in versions.items()})
 
 
-def to_plain(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+def to_plain(value: Any, path: str, arrays: dict[str, np.ndarray],
+             stored: dict[int, str] | None = None) -> Any:
     """JSON-ready: numpy arrays moved into `arrays` (under their path) and referenced,
-    tuples marked, numpy scalars as Python numbers."""
+    tuples marked, numpy scalars as Python numbers. `stored`: the paths of arrays saved
+    already, by identity (versions of a model share the tensors a step left alone)."""
+    stored = {} if stored is None else stored
     if isinstance(value, np.ndarray):
-        arrays[path] = np.ascontiguousarray(value)
-        return {"~array": path}
+        if id(value) not in stored:
+            arrays[path] = np.ascontiguousarray(value)
+            stored[id(value)] = path
+        return {"~array": stored[id(value)]}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v, f"{path}{k}/", arrays) for k, v in value.items()}
+        return {str(k): to_plain(v, f"{path}{k}/", arrays, stored) for k, v in value.items()}
     if isinstance(value, tuple):
-        return {"~tuple": [to_plain(v, f"{path}{i}/", arrays) for i, v in enumerate(value)]}
+        return {"~tuple": [to_plain(v, f"{path}{i}/", arrays, stored)
+                           for i, v in enumerate(value)]}
     if isinstance(value, list):
-        return [to_plain(v, f"{path}{i}/", arrays) for i, v in enumerate(value)]
+        return [to_plain(v, f"{path}{i}/", arrays, stored) for i, v in enumerate(value)]
     return value
 
 
