@@ -20,7 +20,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -28,21 +28,34 @@ from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
 from fleetsim.runtime.aggregate import rebased, staleness_weight
 from fleetsim.runtime.checkpoint import Checkpoint, output_offsets, save_checkpoint
+from fleetsim.runtime.engine import checked_plans, describe_plan, evaluate, killed_at
 from fleetsim.runtime.session import JOB_STREAMS, Run, seed_of, stream, training_defaults
 from fleetsim.runtime.workers import Job, JobResult
 from fleetsim.types import (
+    DeviceState,
     Evaluation,
     JobRecord,
     ModelState,
     RoundContext,
     Status,
     StepRecord,
+    TrainingPlan,
 )
+from fleetsim.world.clock import ClockJob
 from fleetsim.world.dispatch import AsyncJob, AsyncTimeline, Dispatch, ServerStep
 
 DISPATCH_STREAMS = 8  # one stream per dispatch call: selection, planning, jitter
 AGGREGATE_STREAM = 9  # the policy's generator when it aggregates step s
 ASYNC_JOBS = 1 << 20  # job seeds: (JOB_STREAMS, ASYNC_JOBS + job number, device)
+
+
+class Planned(NamedTuple):
+    """What the engine sends out with a device (a dispatch's payload)."""
+
+    plan: TrainingPlan
+    cap: int  # the smallest memory the device has while it trains
+    clock_job: ClockJob
+    device: DeviceState  # as it was when sent
 
 
 class Dispatcher:
@@ -73,8 +86,6 @@ class Dispatcher:
         defaults = training_defaults(scenario, version)
         ctx = RoundContext(version, scenario.rounds, now_s, devices, run.model, defaults,
                            scenario.selection.deadline_s, None, policy_rng)
-        from fleetsim.runtime.engine import checked_plans
-
         plans = checked_plans(ctx, run.policy.plan_round(ctx))
         sent = []
         for device in devices:
@@ -87,7 +98,7 @@ class Dispatcher:
             durations = job.durations(clock_rng)
             cap = run.fleet.memory_during(d, now_s, now_s + sum(durations))
             sent.append(Dispatch(d, *durations, job.offline_at_s,
-                                 payload=(plans[d], cap, job, device)))
+                                 payload=Planned(plans[d], cap, job, device)))
         return sent
 
 
@@ -121,11 +132,12 @@ class Executor:
         state = await self.version(job.start_version)
         if job.start_version not in self.shared:
             self.shared[job.start_version] = self.run.pool.share(state)
-        plan, cap = job.dispatch.payload[:2]
+        planned = job.dispatch.payload
         seed = seed_of(self.run.scenario.seed, JOB_STREAMS, ASYNC_JOBS + job.number,
                        job.dispatch.device_id)
         [result] = await self.run.pool.train_all(
-            [Job(job.dispatch.device_id, step, plan, seed, cap)], self.shared[job.start_version])
+            [Job(job.dispatch.device_id, step, planned.plan, seed, planned.cap)],
+            self.shared[job.start_version])
         return result
 
     def forget(self, keep: set[int]) -> None:
@@ -186,6 +198,7 @@ class AsyncPlay:
         self.executor.version(s + 1).set_result(state)
         launched = {j.start_version for _, later in self.ahead for j in later.arrived}
         self.executor.forget({s + 1, *self.in_flight_versions[s], *launched})
+        self.in_flight_versions.pop(s - 1, None)
         return step, results, state, applied
 
     def _aggregate(self, s: int, step: ServerStep, state: ModelState,
@@ -202,7 +215,7 @@ class AsyncPlay:
             updates.append(rebased(res.update, start, state, factor))  # type: ignore[arg-type]
         scenario = self.run.scenario
         ctx = RoundContext(s, scenario.rounds, step.time_s,
-                           tuple(job.dispatch.payload[3] for job, _ in ok), self.run.model,
+                           tuple(job.dispatch.payload.device for job, _ in ok), self.run.model,
                            training_defaults(scenario, s), scenario.selection.deadline_s, None,
                            np.random.default_rng(stream(scenario.seed, AGGREGATE_STREAM, s)))
         return self.run.policy.aggregate(ctx, state, updates), True
@@ -217,8 +230,6 @@ def job_records(step: ServerStep, results: Sequence[JobResult], s: int,
                 skipped: Sequence[JobRecord]) -> list[JobRecord]:
     """Every job that ended in step `s` (applied, dropped, lost) and every device the
     policy left out, in the order they ended."""
-    from fleetsim.runtime.engine import describe_plan
-
     by_number = {job.number: res for job, res in zip(step.arrived, results, strict=True)}
     records = list(skipped)
     for job in sorted((*step.arrived, *step.lost), key=lambda j: (j.end_s, j.number)):
@@ -264,8 +275,6 @@ async def play_async(run: Run, out_dir: Path, state: ModelState, initial: Evalua
                      records: list[Any], older: dict[int, ModelState]) -> ModelState:
     """Every server step from len(records) on (a resumed run brings the older versions
     its jobs in flight start from); appends to `records`, returns the last version."""
-    from fleetsim.runtime.engine import evaluate, killed_at
-
     play = AsyncPlay(run, state, len(records), older)
     for s in range(len(records), run.scenario.rounds):
         wall_start = time.perf_counter()

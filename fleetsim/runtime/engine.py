@@ -23,7 +23,6 @@ import numpy as np
 from fleetsim.device.submodel import residual_problem
 from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
-from fleetsim.runtime.buffered import play_async
 from fleetsim.runtime.checkpoint import (
     Checkpoint,
     output_offsets,
@@ -89,6 +88,8 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
         observer.on_start({**run.describe(), "initial_accuracy": initial.accuracy,
                            "resumed_after_round": len(records) - 1 if resumed else None})
         if run.scenario.selection.mode == "async":
+            from fleetsim.runtime.buffered import play_async  # it builds on this module
+
             state = await play_async(run, out_dir, state, initial, records,
                                      resumed.versions if resumed else {})
         for r in range(len(records), run.scenario.rounds):
