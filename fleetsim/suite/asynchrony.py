@@ -29,10 +29,10 @@ SEEDS = (0, 1, 2)
 TARGETS = (0.25, 0.27)
 MODES = ("sync", "async")
 # what the FedBuff paper (Nguyen et al., AISTATS 2022) reports, for comparison
-PAPER = ("FedBuff reports being 3.3x more efficient than synchronous FL (client updates "
-         "to a target accuracy, on its own tasks with up to 1,000 clients training at "
-         "once) and up to 2.5x more efficient than FedAsync; its arXiv version states up "
-         "to 3.8x faster than FedAvgM.")
+PAPER = ("The AISTATS 2022 abstract reports FedBuff 3.3x more efficient than synchronous "
+         "FL and up to 2.5x more efficient than asynchronous FL (FedAsync); its arXiv "
+         "version, up to 3.8x faster than FedAvgM. Here `sync / async` above 1 means "
+         "FedBuff needed less (time or updates) than synchronous rounds.")
 
 
 def settings(path: Path, mode: str, seed: int) -> dict[str, str]:
