@@ -247,4 +247,4 @@ class StepRecord(RoundRecord):
     stale: int = 0  # updates dropped as too old
     staleness_mean: float | None = None  # of the updates applied
     staleness_max: int | None = None
-    in_flight: int = 0  # jobs still training after the step
+    in_flight: int = 0  # jobs still training when the step was made

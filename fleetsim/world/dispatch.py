@@ -67,7 +67,7 @@ class ServerStep:
     start_s: float  # when the previous step was made
     arrived: tuple[AsyncJob, ...]
     lost: tuple[AsyncJob, ...]
-    in_flight: int  # jobs still training after the step
+    in_flight: int  # jobs still training when the step is made (before freed slots refill)
 
 
 DispatchFn = Callable[[float, int, int, frozenset[int]], list[Dispatch]]
