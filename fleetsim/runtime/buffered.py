@@ -176,7 +176,7 @@ class AsyncPlay:
         step = self.timeline.next_step()
         s = self.simulated
         self.simulated += 1
-        self.in_flight_versions[s] = {j.start_version for j in self.timeline.in_flight.values()}
+        self.in_flight_versions[s] = set(self.timeline.starts)
         fleet = self.run.fleet
         self.online[s] = fleet.count_by_class(fleet.online(step.time_s))
         if launch:

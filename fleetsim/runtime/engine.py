@@ -236,6 +236,8 @@ def checked_plans(ctx: RoundContext, plans: Mapping[int, TrainingPlan]
 
 
 def _slice_problem(plan: TrainingPlan, config: Any) -> str:
+    if not plan.slices:  # the whole model: nothing to check (and planners call this a lot)
+        return ""
     blocks = {block_group(b) for b in range(config.n_layer)}
     for group, part in plan.slices:
         if group not in blocks or plan.lora is not None:

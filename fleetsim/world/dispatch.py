@@ -13,7 +13,7 @@ same steps, whatever executes them.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -85,6 +85,7 @@ class AsyncTimeline:
         self.env = simpy.Environment(initial_time=start_s)
         self.version, self.jobs_sent = 0, 0
         self.in_flight: dict[int, AsyncJob] = {}  # by device id
+        self.starts: Counter[int] = Counter()  # the versions jobs in flight start from
         self.buffer: list[AsyncJob] = []
         self.lost: list[AsyncJob] = []
         self.steps: deque[ServerStep] = deque()
@@ -133,6 +134,7 @@ class AsyncTimeline:
             job = AsyncJob(self.jobs_sent, sent, self.now_s, self.version, 0.0, "arrived")
             self.jobs_sent += 1
             self.in_flight[sent.device_id] = job
+            self.starts[self.version] += 1
             self.env.process(self._device(job))
 
     def _device(self, job: AsyncJob):  # type: ignore[no-untyped-def]
@@ -148,6 +150,9 @@ class AsyncTimeline:
     def _end(self, ended: tuple[AsyncJob, Ending]) -> None:
         job, ending = ended
         del self.in_flight[job.dispatch.device_id]
+        self.starts[job.start_version] -= 1
+        if not self.starts[job.start_version]:
+            del self.starts[job.start_version]
         staleness = self.version - job.start_version
         limit = self.config.max_staleness
         if ending == "arrived" and limit is not None and staleness > limit:
