@@ -28,7 +28,13 @@ from fleetsim.errors import FleetsimError
 from fleetsim.policy import clock_job
 from fleetsim.runtime.aggregate import rebased, staleness_weight
 from fleetsim.runtime.checkpoint import Checkpoint, output_offsets, save_checkpoint
-from fleetsim.runtime.engine import checked_plans, describe_plan, evaluate, killed_at
+from fleetsim.runtime.engine import (
+    checked_plans,
+    describe_plan,
+    evaluate,
+    killed_at,
+    policy_state,
+)
 from fleetsim.runtime.session import JOB_STREAMS, Run, seed_of, stream, training_defaults
 from fleetsim.runtime.workers import Job, JobResult
 from fleetsim.types import (
@@ -289,7 +295,8 @@ async def play_async(run: Run, out_dir: Path, state: ModelState, initial: Evalua
         records.append(record)
         killed_at(s, "records")
         older = {v: play.executor.version(v).result() for v in play.versions_in_flight(s)}
-        save_checkpoint(out_dir, Checkpoint(s, state, None, step.time_s, None,
-                                            asdict(initial), output_offsets(out_dir), older))
+        save_checkpoint(out_dir, Checkpoint(s, state, policy_state(run.policy), step.time_s,
+                                            None, asdict(initial), output_offsets(out_dir),
+                                            older))
         killed_at(s, "checkpoint")
     return state

@@ -4,6 +4,7 @@ Per round: select devices -> policy plans -> cost model -> SimPy clock decides w
 finishes -> hosts train the finishers for real -> policy aggregates (updates sorted by
 device id) -> evaluate -> records. Simulate, then execute: only devices the clock lets
 finish are trained. Ray's completion order never reaches a simulated result.
+Asynchronous mode (FedBuff) plays server steps instead: `fleetsim.runtime.buffered`.
 """
 
 from __future__ import annotations
@@ -92,15 +93,8 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
 
             state = await play_async(run, out_dir, state, initial, records,
                                      resumed.versions if resumed else {})
-        for r in range(len(records), run.scenario.rounds):
-            record, devices, state = await play_round(run, r, state,
-                                                      records[-1] if records else None, devices)
-            records.append(record)
-            killed_at(r, "records")
-            save_checkpoint(out_dir, Checkpoint(r, state, policy_state(run.policy),
-                                                run.clock.now_s, run.fleet.snapshot(),
-                                                asdict(initial), output_offsets(out_dir)))
-            killed_at(r, "checkpoint")
+        else:
+            state = await play_rounds(run, out_dir, state, initial, records, devices)
         class_accuracy = {name: (await evaluate(run, state, len(records) - 1, windows)).accuracy
                           for name, windows in run.class_windows.items()}
         summary = summarize(run, initial, records)
@@ -111,6 +105,22 @@ async def run_scenario(run_setup: RunSetup, out_dir: Path, observer: Observer,
         return summary
     finally:
         run.close()
+
+
+async def play_rounds(run: Run, out_dir: Path, state: ModelState, initial: Evaluation,
+                      records: list[RoundRecord], devices: list[DeviceRecord]) -> ModelState:
+    """Every synchronous round from len(records) on, a checkpoint after each; appends to
+    `records`, returns the last global state."""
+    for r in range(len(records), run.scenario.rounds):
+        record, devices, state = await play_round(run, r, state,
+                                                  records[-1] if records else None, devices)
+        records.append(record)
+        killed_at(r, "records")
+        save_checkpoint(out_dir, Checkpoint(r, state, policy_state(run.policy),
+                                            run.clock.now_s, run.fleet.snapshot(),
+                                            asdict(initial), output_offsets(out_dir)))
+        killed_at(r, "checkpoint")
+    return state
 
 
 def killed_at(r: int, point: str) -> None:
