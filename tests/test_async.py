@@ -145,3 +145,19 @@ def test_compare_puts_both_modes_side_by_side(tmp_path: Path) -> None:
     assert sync.dir.name == "fedavg-sync" and fedbuff.dir.name == "fedavg-async"
     with pytest.raises(ConfigError, match="modes: 'asink' is not a mode"):
         fleetsim.compare(SMOKE, ["fedavg"], out=tmp_path / "bad", modes=["asink"])
+
+
+def test_time_and_updates_to_accuracy_are_read_from_the_first_step_reaching_it() -> None:
+    from fleetsim.api import RunResult
+    from fleetsim.suite.asynchrony import interval, reached
+
+    rounds = [{"sim_time_s": 5.0, "accuracy": None, "completed": 5, "aggregated": True},
+              {"sim_time_s": 9.0, "accuracy": 0.24, "completed": 4, "aggregated": True},
+              {"sim_time_s": 12.0, "accuracy": None, "completed": 5, "aggregated": False},
+              {"sim_time_s": 20.0, "accuracy": 0.26, "completed": 5, "aggregated": True}]
+    run = RunResult(Path("."), {}, rounds, [])
+    assert reached(run, 0.25) == (20.0, 14)  # 5 + 4 + 5 applied; the unapplied 5 not
+    assert reached(run, 0.24) == (9.0, 9)
+    assert reached(run, 0.3) is None
+    assert interval([1.0, None, None], 0) == "not reached in 2 of 3 seeds"
+    assert interval([10.0, 20.0], 0) == "15 [-49, 79]"  # 12.706 x 7.07 / sqrt(2) = 63.5
