@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,29 @@ from hypothesis import settings
 from fleetsim import PROJECT_ROOT
 
 SMOKE = PROJECT_ROOT / "scenarios" / "smoke.yaml"
-# The tests' cache (data, pretrained weights): never the user's; prepared on first use and
-# kept between test runs (the recipe stamp retrains stale weights). Subprocesses and Ray
-# workers inherit it.
-os.environ["FLEETSIM_CACHE"] = str(PROJECT_ROOT / ".test-cache")
+TEST_CACHE = PROJECT_ROOT / ".test-cache"
+
+
+def seeded_test_cache() -> Path:
+    """The tests' own cache (data, pretrained weights), never written to the user's: it
+    starts from a copy of what the user's cache holds (read only; the recipe stamp
+    retrains weights that are stale), the rest is prepared on first use and kept
+    between test runs."""
+    from fleetsim.zoo.cache import cache_root
+
+    user = cache_root()
+    for kind in ("shakespeare", "zoo"):
+        for item in (user / kind).iterdir() if (user / kind).is_dir() else ():
+            target = TEST_CACHE / kind / item.name
+            if not target.exists() and user != TEST_CACHE:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, target)
+    return TEST_CACHE
+
+
+# Subprocesses and Ray workers inherit it.
+os.environ["FLEETSIM_CACHE"] = str(seeded_test_cache())
 # the cost model's error the README claims over the zoo (benchmarks/cost_error.py)
 PEAK_TOLERANCE = 0.032
 # a loaded 2-core machine makes wall-clock deadlines flaky; examples stay few instead
