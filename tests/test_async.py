@@ -1,6 +1,8 @@
 """Asynchronous mode (FedBuff) end to end: staleness weights and rebased updates by hand,
 K = concurrency without stragglers is the synchronous aggregate, every registered policy
-runs, the same seed gives the same records on 1 and 2 hosts."""
+runs, the same seed gives the same records on 1 and 2 hosts, the views and `compare
+--modes` show both modes, time to accuracy is read as documented. The clock's event order
+is in test_dispatch.py, kill and resume in test_resume.py."""
 
 from __future__ import annotations
 
