@@ -126,7 +126,7 @@ def test_cosine_schedule_gives_each_round_its_learning_rate(
     assert [round_lr(0.1, "constant", 0.1, r, 5) for r in range(5)] == [0.1] * 5
     # in a real run, every optimizer step of a round takes that round's rate:
     # 1e-4 down to 1e-5 over 3 rounds is 1e-4, then halfway (5.5e-5), then 1e-5
-    training = {**smoke()["training"], "schedule": "cosine", "lr_min_ratio": 0.1}
+    training = {**smoke()["training"], "lr": 1e-4, "schedule": "cosine", "lr_min_ratio": 0.1}
     result = fleetsim.run(smoke(training=training), out=tmp_path / "run", progress="none")
     steps = [d["round"] for d in result.devices if d["status"] == "ok" for _ in range(2)]
     assert len(steps) == 2 * result.summary["device_rounds"]["completed"] > 0

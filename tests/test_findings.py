@@ -103,7 +103,7 @@ def test_gap_schema_names_the_key(tmp_path: Path, old: str, new: str, key: str,
 def caff_fleet() -> Scenario:
     """The smoke fleet (2 phone_low, 2 phone_mid, 2 rpi4) unconstrained, except that the
     phone_low devices hold 0.01 MB: not even the head trains there."""
-    free = unconstrained(load_scenario(SMOKE))
+    free = unconstrained(load_scenario(SMOKE, ADAM))
     tiny = free.fleet[0].model_copy(update={"overrides": {**free.fleet[0].overrides,
                                                           "memory_mb": 0.01}})
     return free.model_copy(update={"fleet": [tiny, *free.fleet[1:]]})
@@ -149,10 +149,13 @@ def fake_measure(config: TinyGPTConfig, plan: TrainingPlan, seq_len: int) -> int
 LORA = {"rank": 4, "targets": ["q_proj", "v_proj", "fc_in"]}
 
 
+ADAM = {"training.optimizer": "{name: adam}"}  # the smoke scenario as it was: Adam
+
+
 def test_memory_plans_take_lora_from_the_policy_and_every_caff_depth() -> None:
     assert plan_specs(2, 16) == ["last:1", "last:2", "full", "lora:16", "lora:1"]
     assert plan_specs(3, 1) == ["last:1", "last:2", "last:3", "full", "lora:1"]
-    plans = memory_plans(with_policy(load_scenario(SMOKE), "lora", LORA), fake_measure)
+    plans = memory_plans(with_policy(load_scenario(SMOKE, ADAM), "lora", LORA), fake_measure)
     assert (plans.model, plans.batch_size, plans.optimizer, plans.seq_len, plans.targets) \
         == ("gpt-2x64", 8, "adam", 80, ("q_proj", "v_proj", "fc_in"))
     # gpt-2x64 (embed, block.0, block.1, head): last:1 trains 2 groups, last:2 3, full 4;
@@ -169,13 +172,15 @@ def test_memory_plans_take_lora_from_the_policy_and_every_caff_depth() -> None:
     assert (plans.get("lora:4").predicted_mb, plans.get("last:2").predicted_mb) == (lo, caff)
     assert ratio_text(plans, "lora:4", "last:2") == f"{lo / caff:.2f}x (measured 40.33x)"
     # measured only on request, and with True only where a step is cheap
-    assert all(p.measured_mb is None for p in memory_plans(load_scenario(SMOKE), False).plans)
-    big = load_scenario(SMOKE, {"model.name": "gpt-8x256", "training.batch_size": "16"})
+    assert all(p.measured_mb is None for p in memory_plans(load_scenario(SMOKE, ADAM),
+                                                               False).plans)
+    big = load_scenario(SMOKE, {**ADAM, "model.name": "gpt-8x256", "training.batch_size": "16"})
     assert all(p.measured_mb is None for p in memory_plans(big).plans)
 
 
 def test_memory_lines_compare_lora_with_caff_at_the_same_depth(tmp_path: Path) -> None:
-    write_scenario(tmp_path / "lora" / "seed3", with_policy(load_scenario(SMOKE), "lora", LORA))
+    write_scenario(tmp_path / "lora" / "seed3",
+                   with_policy(load_scenario(SMOKE, ADAM), "lora", LORA))
     text = memory_lines(tmp_path, 3, "lora / caff: 2.50 [2.40, 2.60] x (agrees)", False)
     # each plan's predicted peak straight from the cost model, at the lora run's settings
     # (gpt-2x64, batch 8, Adam, 80 characters), LoRA on the policy's targets
@@ -251,7 +256,7 @@ def test_document_has_gap_shares_caff_choice_plan_memory_and_tuning(tmp_path: Pa
         fake_run(exp / "caff" / f"seed{s}", 0.3, 0.40, peak_mb=20.0,
                  scenario=with_policy(caff_fleet(), "caff"))
         fake_run(exp / "lora" / f"seed{s}", 0.3, 0.35, peak_mb=50.0,
-                 scenario=with_policy(load_scenario(SMOKE), "lora", LORA))
+                 scenario=with_policy(load_scenario(SMOKE, ADAM), "lora", LORA))
         fake_run(exp / "fedavg" / f"seed{s}", 0.3, 0.30)
         fake_run(exp / "upper_bound" / f"seed{s}", 0.3, 0.50)
     write_document(load_suite(path), out, doc, "fleetsim paper", measure=False)

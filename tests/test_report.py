@@ -17,6 +17,7 @@ from fleetsim.device.cost import parse_plan, predict_peak_bytes
 from fleetsim.types import OptimizerSpec
 from fleetsim.zoo.model import ZOO
 from tests.test_monitor import record
+from tests.test_outputs import SCENARIO as OUTPUTS_SCENARIO
 from tests.test_outputs import (
     eval_windows,
     final_state,
@@ -29,21 +30,10 @@ from tests.test_outputs import (
 
 # The Pi Zeros held to 7 MB: on gpt-2x64 at batch 8 with Adam CAFF's last:1 (block.1 and
 # the head) fits there, last:2 does not (test_caff_trains_fewer_blocks_where_memory_is_short
-# checks that with the cost model); the Pi 4s' 512 MB fit the whole model. No deadline to
-# speak of: every selected device contributes.
-SCENARIO = """
-name: report
-rounds: 2
-model: {name: gpt-2x64}
-fleet:
-  - {class: rpi_zero2w, count: 2, overrides: {memory_mb: 7}}
-  - {class: rpi4, count: 3}
-selection: {devices_per_round: 5, deadline_s: 100000}
-training: {local_steps: 2, batch_size: 8, optimizer: {name: adam}, lr: 0.002}
-policy: {name: caff, params: {models: [gpt-2x64]}}
-workers: {backend: local}
-eval: {every: 1, max_samples: 40}
-"""
+# checks that with the cost model); the Pi 4s' 512 MB fit the whole model. The fleet of
+# tests/test_outputs.py with no deadline to speak of: every selected device contributes.
+SCENARIO = OUTPUTS_SCENARIO.replace("name: outputs", "name: report").replace(
+    "deadline_s: 0.7", "deadline_s: 100000")
 CLASSES = ["rpi4", "rpi_zero2w"]  # sorted, as every per-class view lists them
 
 
